@@ -1,0 +1,26 @@
+"""The paper's prompt: the model's own chat template with one system prompt, no few-shot examples."""
+
+from __future__ import annotations
+
+# The system prompt used for SFT data, RL prompts and evaluation in the paper (Qwen2.5-Math style).
+DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def build_messages(question: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages for one question: an optional system turn, then the user turn."""
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
+def render_prompt(tokenizer, question: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
+    """The generation prompt text: the tokenizer's chat template with the assistant turn opened."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
+            "use an instruct/chat model's tokenizer or set tokenizer.chat_template"
+        )
+    messages = build_messages(question, system_prompt=system_prompt)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
