@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:
-        print("sedsft: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
+        print(
+            "sedsft: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr
+        )
         return 130
     except (ValueError, OSError, KeyError) as e:
         # Bad input: one line that says what to change. SEDSFT_DEBUG=1 shows the traceback.

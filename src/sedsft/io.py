@@ -77,7 +77,9 @@ def read_jsonl_records(path: str | os.PathLike) -> Iterator[dict]:
             is_last = all(not rest.strip() for rest in lines[i + 1 :])
             if is_last:
                 return
-            raise ValueError(f"{path}:{i + 1}: corrupt JSONL record ({e.msg}); delete the file to start over") from e
+            raise ValueError(
+                f"{path}:{i + 1}: corrupt JSONL record ({e.msg}); delete the file to start over"
+            ) from e
 
 
 class JsonlLog:
