@@ -1,0 +1,341 @@
+"""SFT data: local files -> records -> chat conversations -> token ids with completion-only labels.
+
+The three steps are separate public functions because other sub-commands (analysis, GRPO) reuse them:
+
+    records = load_records("data/train.jsonl")          # JSONL / JSON / Parquet file, or a folder of them
+    conv = to_conversation(records[0])                  # {"prompt": [...messages], "completion": [assistant]}
+    row = tokenize_conversation(tokenizer, conv, max_length=4096)   # input_ids, attention_mask, labels
+
+Every record keeps ``_source`` ("train.jsonl:12"), so a bad record is reported by file and line. Labels
+are -100 on the prompt and on padding; the loss covers the assistant's tokens up to and including its
+end-of-turn token. Nothing is skipped silently: :func:`build_sft_dataset` counts what it truncated or
+dropped and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+from .prompts import DEFAULT_SYSTEM_PROMPT
+
+logger = logging.getLogger(__name__)
+
+DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
+OVERFLOW = ("truncate", "drop")
+IGNORE_INDEX = -100
+
+# (prompt field, completion field), first match wins; "messages" and "prompt"/"completion" are tried first.
+_QA_LAYOUTS: tuple[tuple[str, str], ...] = (
+    ("question", "response"),
+    ("question", "answer"),
+    ("problem", "solution"),
+    ("query", "response"),
+    ("instruction", "output"),
+)
+
+
+# ---- files -> records --------------------------------------------------------------------------------
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Records from a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or a folder of them (sorted by name).
+
+    A ``.json`` file holds a list of objects or ``{"data": [...]}``. Each record gets ``_source``
+    ("file.jsonl:12", 1-based line or row) for error messages. Bad input raises :class:`UserError`.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(
+            f"data path {str(path)!r} does not exist; pass a local .jsonl/.json/.parquet file or folder"
+        )
+    if p.is_dir():
+        files = sorted(
+            f
+            for f in p.iterdir()
+            if f.is_file() and f.suffix in DATA_EXTENSIONS and not f.name.startswith(".")
+        )
+        if not files:
+            raise UserError(f"data folder {str(p)!r} has no {'/'.join(DATA_EXTENSIONS)} files")
+        records = [r for f in files for r in _load_file(f)]
+    else:
+        records = _load_file(p)
+    if not records:
+        raise UserError(f"data path {str(p)!r} holds no records")
+    return records
+
+
+def _load_file(f: Path) -> list[dict]:
+    if f.suffix not in DATA_EXTENSIONS:
+        raise UserError(f"{f}: unsupported file type {f.suffix!r}; use one of {', '.join(DATA_EXTENSIONS)}")
+    if f.stat().st_size == 0:
+        raise UserError(f"{f}: the file is empty")
+    loader = {".jsonl": _load_jsonl, ".json": _load_json, ".parquet": _load_parquet}[f.suffix]
+    records = loader(f)
+    if not records:
+        raise UserError(f"{f}: the file holds no records")
+    return records
+
+
+def _load_jsonl(f: Path) -> list[dict]:
+    out = []
+    with open(f, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(
+                    f"{f.name}:{i}: broken JSON line ({e.msg} at column {e.colno}); fix or remove it"
+                ) from None
+            out.append(_as_record(obj, f"{f.name}:{i}"))
+    return out
+
+
+def _load_json(f: Path) -> list[dict]:
+    try:
+        obj = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{f.name}:{e.lineno}: invalid JSON ({e.msg}); a .json file must hold a list of objects"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        obj = obj["data"]
+    if not isinstance(obj, list):
+        raise UserError(
+            f'{f.name}: expected a list of objects or {{"data": [...]}}, got a JSON {type(obj).__name__}'
+        )
+    return [_as_record(r, f"{f.name}:{i}") for i, r in enumerate(obj, start=1)]
+
+
+def _load_parquet(f: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(f).to_pylist()
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise UserError(
+            f"{f.name}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+    return [_as_record(r, f"{f.name}:{i}") for i, r in enumerate(rows, start=1)]
+
+
+def _as_record(obj: Any, source: str) -> dict:
+    if not isinstance(obj, dict):
+        raise UserError(f"{source}: expected a JSON object per record, got {type(obj).__name__}")
+    return {**obj, "_source": source}
+
+
+# ---- records -> conversations -----------------------------------------------------------------------
+
+
+def to_conversation(record: dict, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> dict:
+    """TRL's conversational prompt-completion form: ``{"prompt": [system?, user, ...], "completion": [assistant]}``.
+
+    Accepted layouts: ``messages`` (the last assistant turn is the completion), ``prompt``/``completion``
+    (strings or message lists), ``question``/``response``, ``question``/``answer``, ``problem``/``solution``,
+    ``query``/``response``, ``instruction``/``output``. ``system_prompt`` is added unless the record has
+    its own system message (``None`` or "" adds none).
+    """
+    source = record.get("_source", "record")
+    if "messages" in record:
+        messages = _messages(record["messages"], source, "messages")
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None or last == 0:
+            raise UserError(f"{source}: 'messages' needs a user turn followed by an assistant turn")
+        prompt, completion = messages[:last], [messages[last]]
+    elif "prompt" in record and "completion" in record:
+        prompt = _turns(record["prompt"], "user", source, "prompt")
+        completion = _turns(record["completion"], "assistant", source, "completion")
+    else:
+        pair = next(((q, a) for q, a in _QA_LAYOUTS if q in record and a in record), None)
+        if pair is None:
+            found = sorted(k for k in record if k != "_source")
+            layouts = ", ".join(["messages", "prompt/completion", *(f"{q}/{a}" for q, a in _QA_LAYOUTS)])
+            raise UserError(f"{source}: no prompt/response fields; found {found}; expected one of: {layouts}")
+        prompt = _turns(record[pair[0]], "user", source, pair[0])
+        completion = _turns(record[pair[1]], "assistant", source, pair[1])
+    if system_prompt and not any(m["role"] == "system" for m in prompt):
+        prompt = [{"role": "system", "content": system_prompt}, *prompt]
+    if completion[-1]["role"] != "assistant":
+        raise UserError(f"{source}: the completion must end with an assistant message")
+    return {"prompt": prompt, "completion": completion}
+
+
+def _turns(value: Any, role: str, source: str, name: str) -> list[dict]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise UserError(f"{source}: field {name!r} is empty")
+        return [{"role": role, "content": value}]
+    return _messages(value, source, name)
+
+
+def _messages(value: Any, source: str, name: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{source}: field {name!r} must be a non-empty string or list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise UserError(f"{source}: {name}[{i}] must be an object with string 'role' and 'content'")
+        if not m["content"].strip() and m["role"] != "system":
+            raise UserError(f"{source}: {name}[{i}] ({m['role']}) has empty content")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+# ---- conversations -> token ids -------------------------------------------------------------------
+
+
+def tokenize_conversation(
+    tokenizer, conv: dict, *, max_length: int | None = None, overflow: str = "truncate"
+) -> dict | None:
+    """``input_ids``, ``attention_mask``, ``labels`` for one conversation, rendered with the chat template.
+
+    Labels are -100 on the prompt (everything up to and including the opened assistant turn) and on
+    whatever the template writes after the assistant's last end-of-turn token (ChatML's trailing newline).
+    Longer than ``max_length``: ``overflow="truncate"`` cuts the end, ``"drop"`` returns ``None``; an example
+    whose prompt alone fills ``max_length`` (nothing left to learn) is also ``None``.
+    """
+    if overflow not in OVERFLOW:
+        raise UserError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UserError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use a chat model's "
+            "tokenizer or pass --chat_template_path"
+        )
+    prompt_text = tokenizer.apply_chat_template(conv["prompt"], tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(conv["prompt"] + conv["completion"], tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise UserError(
+            "the chat template does not render the prompt (with add_generation_prompt=True) as a prefix of the "
+            "full conversation; use a template whose assistant turn starts where the generation prompt ends"
+        )
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    labels = list(completion_ids)
+    ends = _end_of_turn_ids(tokenizer)
+    last_end = max((i for i, t in enumerate(completion_ids) if t in ends), default=None)
+    if last_end is not None:  # keep the template's trailing text as input only
+        labels[last_end + 1 :] = [IGNORE_INDEX] * (len(labels) - last_end - 1)
+    input_ids = prompt_ids + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + labels
+    if max_length is not None and len(input_ids) > max_length:
+        if overflow == "drop":
+            return None
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(t == IGNORE_INDEX for t in labels[1:]):
+        return None
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def _end_of_turn_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(tid)
+    return ids
+
+
+@dataclass
+class DataReport:
+    """What :func:`build_sft_dataset` did with the records: nothing is dropped without being counted."""
+
+    records: int = 0
+    examples: int = 0
+    truncated: int = 0  # longer than max_length, cut at max_length (overflow="truncate")
+    dropped_too_long: int = 0  # longer than max_length (overflow="drop")
+    dropped_no_completion: int = 0  # the prompt alone fills max_length: no label token left
+    dropped_sources: list[str] = field(default_factory=list)  # first few, for the message
+
+    def summary(self) -> str:
+        s = f"{self.examples} training examples from {self.records} records"
+        parts = []
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to max_length")
+        if self.dropped_too_long:
+            parts.append(f"{self.dropped_too_long} dropped as longer than max_length")
+        if self.dropped_no_completion:
+            parts.append(f"{self.dropped_no_completion} dropped because the prompt fills max_length")
+        if parts:
+            example = f"; dropped e.g. {', '.join(self.dropped_sources[:3])}" if self.dropped_sources else ""
+            s += " (" + "; ".join(parts) + example + ")"
+        return s
+
+
+def build_sft_dataset(
+    records: Sequence[dict],
+    tokenizer,
+    *,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_length: int | None = None,
+    overflow: str = "truncate",
+):
+    """A ``datasets.Dataset`` of tokenized rows (input_ids, attention_mask, labels) and a :class:`DataReport`."""
+    from datasets import Dataset
+
+    report = DataReport(records=len(records))
+    rows = []
+    for record in records:
+        conv = to_conversation(record, system_prompt=system_prompt)
+        row = tokenize_conversation(tokenizer, conv, max_length=None)
+        src = record.get("_source", "record")
+        if row is not None and max_length is not None and len(row["input_ids"]) > max_length:
+            if overflow == "drop":
+                report.dropped_too_long += 1
+                report.dropped_sources.append(src)
+                continue
+            row = {k: v[:max_length] for k, v in row.items()}
+            report.truncated += 1
+            if all(t == IGNORE_INDEX for t in row["labels"][1:]):
+                report.dropped_no_completion += 1
+                report.dropped_sources.append(src)
+                continue
+        if row is None:
+            report.dropped_no_completion += 1
+            report.dropped_sources.append(src)
+            continue
+        rows.append(row)
+    report.examples = len(rows)
+    if not rows:
+        raise UserError(
+            f"no usable training examples: {report.summary()}; raise max_length or check the data"
+        )
+    return Dataset.from_list(rows), report
+
+
+class SFTCollator:
+    """Pads a list of tokenized rows to the longest in the batch: right padding, labels -100, attention 0."""
+
+    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(r["input_ids"]) for r in rows)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = (length + m - 1) // m * m
+        batch = {
+            "input_ids": torch.full((len(rows), length), self.pad_token_id, dtype=torch.long),  # [B, T]
+            "attention_mask": torch.zeros((len(rows), length), dtype=torch.long),
+            "labels": torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long),
+        }
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            batch["input_ids"][i, :n] = torch.as_tensor(r["input_ids"])
+            batch["attention_mask"][i, :n] = 1
+            batch["labels"][i, :n] = torch.as_tensor(r["labels"])
+        return batch
