@@ -1,0 +1,83 @@
+"""The 8 benchmark files load with their exact sizes, and each one's own solutions grade as correct."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sedsft.errors import UserError
+from sedsft.eval.benchmarks import BENCHMARKS, load, parse_names
+from sedsft.eval.grading import is_correct
+
+ROWS = {
+    "aime24": 30,
+    "aime25": 30,
+    "amc23": 40,
+    "gsm8k": 1319,
+    "math": 500,
+    "gaokao2023en": 385,
+    "olympiadbench": 675,
+    "college_math": 2818,
+}
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_loads_with_exact_row_count_and_non_empty_golds(name, data_dir):
+    problems = load(name, data_dir)
+    assert len(problems) == ROWS[name]
+    assert len({p.id for p in problems}) == len(problems)
+    for p in problems:
+        assert p.benchmark == name
+        assert isinstance(p.answer, str) and p.answer.strip()
+        assert isinstance(p.question, str) and p.question.strip()
+
+
+@pytest.mark.parametrize(
+    "name,index,answer",
+    [
+        ("amc23", 0, "27"),  # float 27.0 in the file
+        ("aime24", 7, "025"),  # zero padding kept; the grader accepts 25
+        ("gsm8k", 0, "18"),  # after ####
+        ("gaokao2023en", 167, "$\\frac{3}{10}$"),  # empty in the file, appended to the question
+        ("olympiadbench", 0, "2"),  # final_answer list
+    ],
+)
+def test_gold_field_per_layout(name, index, answer, data_dir):
+    p = load(name, data_dir)[index]
+    assert p.answer == answer
+    assert "answers:" not in p.question
+
+
+def test_limit_takes_the_first_problems(data_dir):
+    assert [p.id for p in load("math", data_dir, limit=3)] == [p.id for p in load("math", data_dir)[:3]]
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda d: load("mmlu", d), "unknown benchmark 'mmlu'"),
+        (lambda d: load("math", d / "nowhere"), "not found"),
+        (lambda d: parse_names("gsm8k,aime2024"), "unknown benchmark 'aime2024'"),
+    ],
+)
+def test_bad_names_and_folders_are_user_errors(call, message, data_dir):
+    with pytest.raises(UserError, match=message):
+        call(data_dir)
+
+
+def test_parse_names_all_is_the_paper_order():
+    assert parse_names("all") == list(BENCHMARKS)
+    assert parse_names("math, gsm8k") == ["math", "gsm8k"]
+
+
+@pytest.mark.parametrize("name", ["aime24", "gsm8k", "math"])
+def test_reference_solutions_grade_correct_and_shuffled_golds_do_not(name, data_dir):
+    problems = [p for p in load(name, data_dir) if p.reference]
+    assert len(problems) >= 29
+    own = sum(is_correct(p.reference, p.answer) for p in problems) / len(problems)
+    golds = [p.answer for p in problems]
+    random.Random(0).shuffle(golds)
+    shuffled = sum(is_correct(p.reference, g) for p, g in zip(problems, golds)) / len(problems)
+    assert own >= 0.97, own
+    assert shuffled <= 0.02, shuffled

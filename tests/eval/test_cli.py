@@ -1,0 +1,105 @@
+"""`sedsft eval` end to end: bad input gives one line and a non-zero exit; responses files get graded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sedsft.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "/nonexistent/ckpt", "--output_dir", "x"], "not a checkpoint folder"),
+        ([], "one of the arguments --model --responses is required"),
+        (["--responses", "/nonexistent.jsonl"], "not found"),
+        (["--model", "m", "--responses", "r"], "not allowed with"),
+        (["--responses", "r", "--limit", "0"], "--limit must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(argv, message, capsys):
+    assert main(["eval", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_unknown_benchmark_with_a_real_checkpoint(tiny_checkpoint, data_dir, tmp_path, capsys):
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_checkpoint),
+        "--benchmarks",
+        "aime24,mmlu",
+        "--data_dir",
+        str(data_dir),
+    ]
+    assert main([*argv, "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown benchmark 'mmlu'" in err
+
+
+def test_eval_a_tiny_checkpoint_then_rerun_is_a_no_op(tiny_checkpoint, data_dir, tmp_path, capsys):
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_checkpoint),
+        "--benchmarks",
+        "aime24,gsm8k",
+        "--data_dir",
+        str(data_dir),
+    ]
+    argv += ["--output_dir", str(tmp_path), "--limit", "2", "--n", "2", "--max_new_tokens", "4"]
+    argv += ["--grading_workers", "0", "--no_progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| Model | AIME24 | GSM8K | Avg |" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == {"aime24", "gsm8k"}
+    assert metrics["benchmarks"]["aime24"]["num_samples"] == 2
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 2
+    assert main(argv) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (tmp_path / "samples.jsonl").read_text().splitlines() == lines
+
+
+def test_grade_a_responses_file(tmp_path, capsys):
+    rows = [
+        {"benchmark": "mine", "problem_id": "1", "response": r"\boxed{4}", "gold": "4"},
+        {"benchmark": "mine", "problem_id": "1", "response": r"\boxed{5}", "gold": "4"},
+        {"benchmark": "mine", "problem_id": "2", "response": "#### 7", "answer": "7"},
+        {"benchmark": "mine", "problem_id": "2", "response": "no idea", "answer": "7"},
+    ]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert (
+        main(
+            [
+                "eval",
+                "--responses",
+                str(path),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--grading_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert "| responses | 50.0 |" in capsys.readouterr().out
+    graded = [json.loads(line) for line in (tmp_path / "out" / "graded.jsonl").read_text().splitlines()]
+    assert [g["correct"] for g in graded] == [True, False, True, False]
+    assert [g["extracted_answer"] for g in graded] == ["4", "5", "7", None]
+    assert (
+        json.loads((tmp_path / "out" / "metrics.json").read_text())["benchmarks"]["mine"]["pass_at"]["2"]
+        == 1.0
+    )  # each problem has one correct sample of two
+
+
+def test_responses_file_without_gold_is_a_user_error(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"response": "4"}) + "\n")
+    assert main(["eval", "--responses", str(path)]) == 2
+    assert "needs a 'response' string and a 'gold'" in capsys.readouterr().err
