@@ -41,13 +41,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(*, words: Sequence[str] = WORLD_WORDS + CHAT_WORDS, model_max_length: int = 512) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    *, words: Sequence[str] = WORLD_WORDS + CHAT_WORDS, model_max_length: int = 512
+) -> PreTrainedTokenizerFast:
     """The demo tokenizer: special tokens, printable ASCII characters, then ``words`` as whole tokens.
 
     The vocabulary is fixed by ``words`` (ids are stable across builds); save it with
     ``save_pretrained(dir)`` and reload it with ``AutoTokenizer.from_pretrained(dir)``.
     """
-    chars = [c for c in string.printable if c not in "\x0b\x0c"]  # digits, letters, punctuation, space, \t \n \r
+    # digits, letters, punctuation, space, tab, newline, carriage return
+    chars = [c for c in string.printable if c not in "\x0b\x0c"]
     multi = [w for w in dict.fromkeys(words) if len(w) > 1]
     if any(not w.isascii() for w in multi):
         raise ValueError(f"tokenizer words must be ASCII, got {[w for w in multi if not w.isascii()]}")

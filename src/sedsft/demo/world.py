@@ -71,7 +71,12 @@ SFT_STRATEGY = "left"
 
 # Role buckets of the stable problem hash (out of 10): evaluation and RL 20% each, SFT 20%, the rest
 # pre-training. Changing these changes which problems are held out, so bump WORLD_VERSION with them.
-_ROLE_BUCKETS: dict[str, range] = {"eval": range(0, 2), "rl": range(2, 4), "sft": range(4, 6), "pretrain": range(6, 10)}
+_ROLE_BUCKETS: dict[str, range] = {
+    "eval": range(0, 2),
+    "rl": range(2, 4),
+    "sft": range(4, 6),
+    "pretrain": range(6, 10),
+}
 WORLD_VERSION = "1"
 
 # Words the world's texts use beyond digits and symbols (the demo tokenizer gives each one token).
@@ -160,7 +165,9 @@ def strategies_for(problem: Problem) -> tuple[str, ...]:
 def render_solution(problem: Problem, strategy: str) -> str:
     """The step-by-step solution of ``problem`` with ``strategy``, ending in ``\\boxed{answer}``."""
     if strategy not in strategies_for(problem):
-        raise UserError(f"strategy {strategy!r} does not apply to {problem.id}; use one of {strategies_for(problem)}")
+        raise UserError(
+            f"strategy {strategy!r} does not apply to {problem.id}; use one of {strategies_for(problem)}"
+        )
     results: list[int] = []
     lines = []
     for a, b in _template(problem.terms, strategy):
@@ -256,7 +263,9 @@ def sample_problems(*, split: str, n: int, role: str, seed: int, allow_fewer: bo
     rng = random.Random(f"sedsft-demo:{seed}:{role}:{split}")
     pool = _role_pool(split, role, rng, n)
     if len(pool) < n and not allow_fewer:
-        raise UserError(f"split {split} has only {len(pool)} {role} problems; ask for at most {len(pool)} per split")
+        raise UserError(
+            f"split {split} has only {len(pool)} {role} problems; ask for at most {len(pool)} per split"
+        )
     return [make_problem(t, split) for t in pool]
 
 
@@ -291,14 +300,18 @@ def build_sft_set(*, n_per_split: int, seed: int, strategy: str = SFT_STRATEGY) 
 
 def build_rl_prompts(*, n_per_split: int, seed: int) -> list[Problem]:
     """RL prompts with gold answers, all splits interleaved in a seeded shuffle."""
-    problems = [p for split in SPLITS for p in sample_problems(split=split, n=n_per_split, role="rl", seed=seed)]
+    problems = [
+        p for split in SPLITS for p in sample_problems(split=split, n=n_per_split, role="rl", seed=seed)
+    ]
     random.Random(f"sedsft-demo:{seed}:rl-order").shuffle(problems)
     return problems
 
 
 def build_eval_problems(*, n_per_split: int, seed: int = 0) -> list[Problem]:
     """Held-out evaluation problems, grouped by split (the benchmark columns)."""
-    return [p for split in SPLITS for p in sample_problems(split=split, n=n_per_split, role="eval", seed=seed)]
+    return [
+        p for split in SPLITS for p in sample_problems(split=split, n=n_per_split, role="eval", seed=seed)
+    ]
 
 
 # --- writers in the layouts the rest of sedsft reads -----------------------------------------------
@@ -311,8 +324,14 @@ def _jsonl(records: list[dict]) -> str:
 def write_sft_jsonl(path: str | os.PathLike, examples: list[Example]) -> Path:
     """SFT data: one ``{"question", "response", ...}`` object per line."""
     records = [
-        {"id": e.problem.id, "question": e.problem.question, "response": e.response, "answer": e.problem.answer,
-         "split": e.problem.split, "strategy": e.strategy}
+        {
+            "id": e.problem.id,
+            "question": e.problem.question,
+            "response": e.response,
+            "answer": e.problem.answer,
+            "split": e.problem.split,
+            "strategy": e.strategy,
+        }
         for e in examples
     ]
     return atomic_write_text(path, _jsonl(records))
