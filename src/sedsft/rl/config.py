@@ -1,0 +1,179 @@
+"""Configuration of ``sedsft grpo``: TRL's GRPOConfig with the paper's RL recipe as defaults.
+
+The paper trains every SFT checkpoint with GRPO in verl using verl's defaults plus: 256 prompts x 8
+samples per step, clip range [1 - 0.2, 1 + 0.28], no KL term, token-level loss, learning rate 1e-6.
+Where TRL has the same knob, :class:`SEDGRPOConfig` defaults to the paper's value:
+
+| paper / verl                                  | TRL GRPOConfig                          |
+| --------------------------------------------- | --------------------------------------- |
+| rollout.n = 8                                 | ``num_generations = 8``                 |
+| clip_ratio_low 0.2 / clip_ratio_high 0.28     | ``epsilon = 0.2``, ``epsilon_high = 0.28`` |
+| use_kl_loss = False, no KL in reward          | ``beta = 0.0`` (no reference model)     |
+| loss_agg_mode = "token-mean"                  | ``loss_type = "dapo"`` (see below)      |
+| actor.optim.lr = 1e-6                         | ``learning_rate = 1e-6``                |
+| GRPO advantage: (r - group mean) / group std  | ``scale_rewards = "group"``             |
+| rollout temperature 1.0, top_p 1.0            | ``temperature = 1.0``, ``top_p = 1.0``  |
+| ppo_epochs 1, mini-batch = train batch        | ``num_iterations = 1``; one optimizer step per generation batch |
+
+Token-level loss: verl's "token-mean" sums the clipped per-token losses of the whole mini-batch and
+divides once by its number of response tokens, so every token weighs the same whatever the length of
+its response. Of TRL's ``loss_type`` options, "dapo" does exactly that over the global accumulated
+batch (all processes, all accumulation steps); "bnpo" does it per local micro-batch only (so the
+result depends on the micro-batch split); "grpo" averages per sequence first (long responses' tokens
+weigh less); "dr_grpo" divides by a constant (max_completion_length). So "dapo".
+
+The batch: one optimizer step sees ``per_device_train_batch_size x processes x
+gradient_accumulation_steps`` completions, and by default that is also the generation batch. The
+paper's 256 prompts x 8 samples = 2,048 completions per step, e.g. 8 GPUs x 8 x 32 accumulation
+(``configs/paper/grpo_*.yaml`` spell out the arithmetic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from sedsft.errors import UserError
+from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+
+# The paper's RL prompts (2,069 filtered MATH problems), relative to the project root.
+PAPER_RL_DATA = "../shared/data/rl/math_level1_filtered.parquet"
+
+
+@dataclass
+class SEDGRPOConfig(GRPOConfig):
+    """GRPOConfig with the paper's RL recipe as defaults (module table); every TRL option still works."""
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (paper: 1e-6)."})
+    num_generations: int | None = field(
+        default=8, metadata={"help": "Samples per prompt, the GRPO group size G (paper: 8)."}
+    )
+    epsilon: float = field(
+        default=0.2, metadata={"help": "Lower clip range of the ratio: 1 - epsilon (paper: 0.2)."}
+    )
+    epsilon_high: float | None = field(
+        default=0.28,
+        metadata={
+            "help": "Upper clip range of the ratio: 1 + epsilon_high (paper: 0.28, DAPO's clip-higher)."
+        },
+    )
+    beta: float = field(
+        default=0.0, metadata={"help": "KL coefficient; 0 = no KL and no reference model (paper)."}
+    )
+    loss_type: str = field(
+        default="dapo",
+        metadata={
+            "help": "Loss aggregation. 'dapo' = token-level mean over the whole accumulated batch, verl's "
+            "'token-mean' (paper). See TRL's GRPOConfig for 'grpo', 'bnpo', 'dr_grpo' and others."
+        },
+    )
+    scale_rewards: str = field(
+        default="group",
+        metadata={
+            "help": "Advantage = (r - group mean) / group std: 'group' (GRPO, verl's default), 'batch' or 'none'."
+        },
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Rollout sampling temperature (verl's default 1.0)."}
+    )
+    max_completion_length: int | None = field(
+        default=3072,
+        metadata={
+            "help": "Response token budget per sample. The paper does not state it; 3,072 keeps prompt + response "
+            "within Qwen2.5-Math-7B-Instruct's 4,096-token context."
+        },
+    )
+    logging_steps: float = field(
+        default=1, metadata={"help": "Log every N optimizer steps (RL steps are few and long)."}
+    )
+    use_vllm: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Generate with vLLM (colocated on the training GPUs). Unset: vLLM when it is installed and a GPU "
+            "is present, else Transformers generate."
+        },
+    )
+    save_steps: float = field(
+        default=10, metadata={"help": "Save a checkpoint every N optimizer steps (resume point)."}
+    )
+
+    def __post_init__(self):
+        if self.use_vllm is None:
+            self.use_vllm = _vllm_usable()
+        super().__post_init__()
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise UserError(f"epsilon_high must be >= epsilon ({self.epsilon}), got {self.epsilon_high}")
+        if self.beta < 0:
+            raise UserError(f"beta must be >= 0, got {self.beta}")
+
+
+def _vllm_usable() -> bool:
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+@dataclass
+class GRPOScriptArguments:
+    """What ``sedsft grpo`` trains on and how it is rewarded (the model comes from TRL's ModelConfig)."""
+
+    dataset_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local prompt file or folder (JSONL, JSON, Parquet): verl layout (prompt messages + "
+            f"reward_model.ground_truth, e.g. {PAPER_RL_DATA}) or question/answer, problem/solution, "
+            "prompt/completion, messages."
+        },
+    )
+    eval_dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "Optional local prompt file for TRL's periodic evaluation (same layouts)."},
+    )
+    system_prompt: str = field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        metadata={
+            "help": "System turn added to prompts that have none (the paper's by default); 'none' for no system turn."
+        },
+    )
+    missing_gold: str = field(
+        default="drop",
+        metadata={
+            "help": "Prompts without a gold answer (the paper's RL file has one): 'drop' them with a warning, "
+            "'keep' them (reward None: no learning signal), or 'error'.",
+            "choices": ["drop", "keep", "error"],
+        },
+    )
+    max_prompts: int | None = field(
+        default=None, metadata={"help": "Use only the first N prompts of the file (smoke tests)."}
+    )
+    reward_workers: int = field(
+        default=0,
+        metadata={
+            "help": "Grade in this many worker processes with a hard per-response timeout (the evaluation's "
+            "GraderPool); 0 grades in the trainer process with Math-Verify's own timeouts."
+        },
+    )
+    reward_timeout_s: float = field(
+        default=2.0, metadata={"help": "Per-response grading time limit in seconds when reward_workers > 0."}
+    )
+    resume: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto': continue from the last checkpoint in output_dir when there is one; 'never': start "
+            "over. An explicit --resume_from_checkpoint PATH wins over both.",
+            "choices": ["auto", "never"],
+        },
+    )
+
+    def __post_init__(self):
+        if self.system_prompt.strip().lower() in ("", "none", "null"):
+            self.system_prompt = ""
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise UserError(f"max_prompts must be >= 1, got {self.max_prompts}")
+        if self.reward_workers < 0:
+            raise UserError(f"reward_workers must be >= 0, got {self.reward_workers}")
+        if self.reward_timeout_s <= 0:
+            raise UserError(f"reward_timeout_s must be > 0, got {self.reward_timeout_s}")
