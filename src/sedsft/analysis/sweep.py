@@ -1,0 +1,244 @@
+"""Sensitivity sweep over SED-SFT's masking ratio r and top-k (the paper's Table 3), resumable.
+
+:func:`run_sweep` calls a pipeline ``run_point(mask_ratio, top_k) -> {metric: value}`` once per grid
+point and appends each finished point to ``sweep_points.jsonl`` as soon as it returns; run again with
+the same output folder and the finished points are read back instead of recomputed (a point is keyed by
+(r, k), r rounded to 6 decimals). Then it writes a Table 3-style Markdown table (one row per point, one
+column per metric), an r x k grid of one summary metric as Markdown, CSV and a heatmap PNG, and a JSON
+summary. Outputs are rewritten after every point, so an interrupted sweep still leaves its tables.
+
+The summary metric is ``metric`` when given, else ``"avg"`` when every point reports one, else the
+mean of each point's metrics (named ``"mean of metrics"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sedsft.errors import UserError
+from sedsft.io import JsonlLog, atomic_write_json, atomic_write_text
+
+from .plots import new_figure, save_png
+
+POINTS_LOG = "sweep_points.jsonl"
+MEAN_OF_METRICS = "mean of metrics"
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    mask_ratio: float  # r: the fraction of most confident positions kept out of the penalty
+    top_k: int  # k of P_topk
+
+    def __post_init__(self):
+        r, k = self.mask_ratio, self.top_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UserError(f"top_k must be an integer >= 1, got {k!r}")
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0.0 <= r <= 1.0:
+            raise UserError(f"mask_ratio must be a number in [0, 1], got {r!r}")
+        object.__setattr__(self, "mask_ratio", round(float(r), 6))
+
+    @property
+    def key(self) -> str:
+        return f"r={self.mask_ratio!r},k={self.top_k}"
+
+
+def grid(mask_ratios: Iterable[float], top_ks: Iterable[int]) -> list[SweepPoint]:
+    """Every (r, k) pair, r-major, in the order given."""
+    return [SweepPoint(float(r), int(k)) for r in mask_ratios for k in top_ks]
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict]  # {"mask_ratio", "top_k", "metrics": {...}, "seconds"} per point, in grid order
+    computed: list[SweepPoint]  # points run by this call
+    reused: list[SweepPoint]  # points read back from an earlier run
+    metric: str  # the summary metric of the grid table and heatmap
+    table: str  # the Markdown tables
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _as_points(points: Iterable) -> list[SweepPoint]:
+    out, seen = [], set()
+    for p in points:
+        point = p if isinstance(p, SweepPoint) else SweepPoint(*p)
+        if point.key not in seen:  # a repeated point is run once
+            seen.add(point.key)
+            out.append(point)
+    if not out:
+        raise UserError("the sweep grid is empty; give at least one mask ratio and one top_k")
+    return out
+
+
+def _clean_metrics(metrics, point: SweepPoint) -> dict[str, float]:
+    if not isinstance(metrics, dict) or not metrics:
+        raise TypeError(
+            f"the pipeline returned {type(metrics).__name__} for {point.key}; it must return a non-empty dict of metric -> number"
+        )
+    out = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise TypeError(f"metric {name!r} of {point.key} is {value!r}; metrics must be numbers")
+        out[str(name)] = float(value)
+    return out
+
+
+def run_sweep(
+    points: Iterable[SweepPoint | tuple[float, int]],
+    run_point: Callable[[float, int], dict[str, float]],
+    *,
+    output_dir: str | os.PathLike,
+    metric: str | None = None,
+    unit: str | None = None,
+    title: str | None = None,
+) -> SweepResult:
+    """Run ``run_point(r, k)`` for every point not already in ``output_dir/sweep_points.jsonl``; write the tables."""
+    pts = _as_points(points)
+    out = Path(output_dir)
+    log = JsonlLog(out / POINTS_LOG)
+    done = {rec["key"]: rec for rec in log.records() if "key" in rec}  # the last record of a key wins
+    computed, reused = [], [p for p in pts if p.key in done]
+    result = None
+    try:
+        for point in pts:
+            if point.key in done:
+                continue
+            start = time.perf_counter()
+            metrics = _clean_metrics(run_point(point.mask_ratio, point.top_k), point)
+            record = {
+                "key": point.key,
+                "mask_ratio": point.mask_ratio,
+                "top_k": point.top_k,
+                "metrics": metrics,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            log.append(record)
+            done[point.key] = record
+            computed.append(point)
+            result = _write_outputs(pts, done, computed, reused, out, metric=metric, unit=unit, title=title)
+    finally:
+        if result is None and any(p.key in done for p in pts):
+            result = _write_outputs(pts, done, computed, reused, out, metric=metric, unit=unit, title=title)
+    return result
+
+
+def summary_metric(rows: Sequence[dict], metric: str | None) -> str:
+    if metric is not None:
+        missing = [f"r={r['mask_ratio']:g},k={r['top_k']}" for r in rows if metric not in r["metrics"]]
+        if missing:
+            have = sorted({m for r in rows for m in r["metrics"]})
+            raise UserError(
+                f"metric {metric!r} is missing at {', '.join(missing)}; the pipeline reports {have}"
+            )
+        return metric
+    return "avg" if all("avg" in r["metrics"] for r in rows) else MEAN_OF_METRICS
+
+
+def value_of(row: dict, metric: str) -> float:
+    if metric == MEAN_OF_METRICS:
+        return float(np.mean(list(row["metrics"].values())))
+    return row["metrics"][metric]
+
+
+def _fmt(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{v:.4g}"
+
+
+def markdown_tables(rows: Sequence[dict], metric: str) -> str:
+    """Table 3 layout (a row per (r, k), a column per metric), then the r x k grid of ``metric``."""
+    names = list(dict.fromkeys(m for r in rows for m in r["metrics"] if m != "avg"))
+    names += ["avg"] if any("avg" in r["metrics"] for r in rows) else []
+    lines = ["| r | k | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = [_fmt(r["metrics"][n]) if n in r["metrics"] else "" for n in names]
+        lines.append(f"| {r['mask_ratio']:g} | {r['top_k']} | " + " | ".join(cells) + " |")
+    rs = sorted({r["mask_ratio"] for r in rows})
+    ks = sorted({r["top_k"] for r in rows})
+    by = {(r["mask_ratio"], r["top_k"]): value_of(r, metric) for r in rows}
+    lines += [
+        "",
+        f"{metric} by masking ratio r (rows) and top-k (columns):",
+        "",
+        "| r \\ k | " + " | ".join(str(k) for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    for r in rs:
+        lines.append(f"| {r:g} | " + " | ".join(_fmt(by[(r, k)]) if (r, k) in by else "" for k in ks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(
+    rows: Sequence[dict], metric: str, path, *, unit: str | None = None, title: str | None = None
+) -> Path:
+    """Heatmap of ``metric`` over r (rows) and k (columns); points not run yet are blank."""
+    rs = sorted({r["mask_ratio"] for r in rows})
+    ks = sorted({r["top_k"] for r in rows})
+    grid_v = np.full((len(rs), len(ks)), np.nan)  # [R, K]
+    for r in rows:
+        grid_v[rs.index(r["mask_ratio"]), ks.index(r["top_k"])] = value_of(r, metric)
+    fig = new_figure(max(4.5, 1.1 * len(ks) + 2.5), max(3.2, 0.6 * len(rs) + 1.8))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(grid_v), cmap="viridis", aspect="auto", origin="lower")
+    finite = grid_v[np.isfinite(grid_v)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(len(rs)):
+        for j in range(len(ks)):
+            v = grid_v[i, j]
+            if np.isfinite(v):
+                ax.text(
+                    j, i, _fmt(v), ha="center", va="center", fontsize=9, color="black" if v > mid else "white"
+                )
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_yticks(range(len(rs)), [f"{r:g}" for r in rs])
+    ax.set_xlabel("top-k (number of tokens in P_topk)")
+    ax.set_ylabel("masking ratio r (fraction of positions)")
+    label = f"{metric} ({unit})" if unit else f"{metric} (units as reported by the pipeline)"
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title or f"SED-SFT sensitivity to r and k: {metric}", fontsize=10)
+    return save_png(fig, path)
+
+
+def _write_outputs(pts, done, computed, reused, out: Path, *, metric, unit, title) -> SweepResult:
+    rows = [
+        {k: done[p.key][k] for k in ("mask_ratio", "top_k", "metrics", "seconds")}
+        for p in pts
+        if p.key in done
+    ]
+    name = summary_metric(rows, metric)
+    table = markdown_tables(rows, name)
+    csv = "mask_ratio,top_k,metric,value\n" + "".join(
+        f"{r['mask_ratio']!r},{r['top_k']},{m},{v!r}\n" for r in rows for m, v in r["metrics"].items()
+    )
+    grid_csv = f"mask_ratio,top_k,{name.replace(' ', '_')}\n" + "".join(
+        f"{r['mask_ratio']!r},{r['top_k']},{value_of(r, name)!r}\n" for r in rows
+    )
+    files = {
+        "table_md": atomic_write_text(out / "sweep_table.md", table),
+        "results_csv": atomic_write_text(out / "sweep_results.csv", csv),
+        "grid_csv": atomic_write_text(out / "sweep_grid.csv", grid_csv),
+        "figure": plot_sweep(rows, name, out / "sweep_heatmap.png", unit=unit, title=title),
+    }
+    files["summary_json"] = atomic_write_json(
+        out / "sweep_summary.json",
+        {
+            "metric": name,
+            "unit": unit,
+            "points": len(pts),
+            "finished": len(rows),
+            "pending": [p.key for p in pts if p.key not in done],
+            "rows": rows,
+        },
+    )
+    files["log"] = out / POINTS_LOG
+    return SweepResult(
+        rows=rows, computed=list(computed), reused=list(reused), metric=name, table=table, files=files
+    )
+
+
+__all__ = ["SweepPoint", "SweepResult", "grid", "markdown_tables", "plot_sweep", "run_sweep"]
