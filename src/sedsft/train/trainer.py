@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 _QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
+def calibration_sample(num_examples: int, size: int, *, seed: int) -> list[int]:
+    """The training-set indices tau is calibrated on (``sedsft calibrate`` draws the same ones)."""
+    return sorted(random.Random(seed).sample(range(num_examples), min(int(size), num_examples)))
+
+
 class SEDSFTTrainer(SFTTrainer):
     """Supervised fine-tuning with CE, DFT, GEM or SED-SFT (see :class:`SEDSFTConfig`).
 
@@ -182,9 +187,9 @@ class SEDSFTTrainer(SFTTrainer):
         )
 
     def _calibration_sample(self) -> list[int]:
-        n = len(self.train_dataset)
-        k = min(int(self.args.calibration_examples), n)
-        return sorted(random.Random(self.args.seed).sample(range(n), k))
+        return calibration_sample(
+            len(self.train_dataset), self.args.calibration_examples, seed=self.args.seed
+        )
 
     @torch.no_grad()
     def calibrate_tau(self, model) -> Calibration:
