@@ -8,8 +8,9 @@ the objective for its per-token loss, and gets each token's coefficients by auto
     G = g_lse * softmax(z) + g_w * c + g_gold * onehot(y)        # [n, V]
 
 and turned at once into the hidden and weight gradients (``G W`` and ``G^T h``). The gradient is thus
-ready at the end of the forward pass: three matrix products in all, nothing recomputed, and at most
-two ``[n, V]`` fp32 buffers alive at a time (three for GEM). Accumulation is fp32 for bf16/fp16 inputs.
+ready at the end of the forward pass: three matrix products in all, nothing recomputed. One ``[n, V]``
+work buffer is allocated per call and reused by every chunk (two for GEM); accumulation is fp32 for
+bf16/fp16 inputs.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from .logits import accumulation_dtype, check_labels, denominator, shift_and_kee
 from .objectives import GEM_WEIGHTS, Objective, TokenTerms, get_objective
 from .stats import BatchStats, LossOutput
 
-_CPU_BUDGET_MB = 256  # work buffers per chunk on CPU; SEDSFT_FUSED_BUDGET_MB overrides
+_CPU_BUDGET_MB = 256  # work buffers per call on CPU; SEDSFT_FUSED_BUDGET_MB overrides
 _GPU_BUDGET_FRACTION = 0.125  # of free device memory, at most 2 GiB
-_ENTROPY_ROWS = 32  # rows per block when measuring entropy, to bound its temporary
+_GRAD_W_TILE_ROWS = 8192  # vocabulary rows per fp32 up-cast of a low-precision weight-gradient product
 
 
 def auto_chunk_size(num_tokens: int, vocab_size: int, *, device: torch.device, buffers: int = 2) -> int:
@@ -53,23 +54,51 @@ class _Plan:
     want_stats: bool
 
 
-def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Plan, inv_denom: Tensor):
-    """Loss sum, statistics and gradient pieces for one chunk: h [n, d], y [n]."""
-    obj, opts = plan.objective, plan.options
-    z = h @ weight.T  # [n, V] in the input dtype
+def _logits_into(buf: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """z = h W^T + b written into the reused buffer ``buf`` [n, V] (accumulation dtype)."""
+    if buf.dtype == weight.dtype:
+        if bias is None:
+            return torch.mm(h, weight.T, out=buf)
+        return torch.addmm(bias, h, weight.T, out=buf)
+    z = h @ weight.T  # [n, V] in bf16/fp16, then up-cast into the fp32 buffer
     if bias is not None:
         z += bias
-    z = z.to(inv_denom.dtype)  # fp32 (fp64 for fp64 inputs) from here on; no copy when already so
+    return buf.copy_(z)
+
+
+def _exp_and_entropy(z: Tensor, want_entropy: bool) -> Tensor | None:
+    """In place z -> exp(z); with ``want_entropy`` also returns sum_v exp(z_v) z_v per row.
+
+    Row by row, so each row is exponentiated, dotted and written back while it is in cache: the
+    statistic costs about one extra pass instead of the three that a separate entropy would.
+    """
+    if not want_entropy:
+        z.exp_()
+        return None
+    ez = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
+    row = torch.empty(z.shape[1], dtype=z.dtype, device=z.device)
+    for r in range(z.shape[0]):
+        torch.exp(z[r], out=row)
+        ez[r] = torch.dot(row, z[r])
+        z[r].copy_(row)
+    return ez
+
+
+def _chunk(h, weight, bias, y, plan: _Plan, inv_denom: Tensor, buf: Tensor, cbuf: Tensor | None):
+    """Loss sum, statistics and the logit gradient (in ``buf``) for one chunk: h [n, d], y [n]."""
+    obj, opts = plan.objective, plan.options
+    z = _logits_into(buf, h, weight, bias)  # [n, V]
     gold = z.gather(1, y[:, None]).squeeze(1)  # [n]
     need_topk = plan.want_stats or obj.mask is not None
-    top = (
-        z.topk(min(opts.top_k, z.shape[1]), dim=-1).values if need_topk else z.amax(-1, keepdim=True)
-    )  # [n, k]
+    if need_topk:
+        top = z.topk(min(opts.top_k, z.shape[1]), dim=-1).values  # [n, k]
+    else:
+        top = z.amax(-1, keepdim=True)  # [n, 1]
     zmax = top[:, 0]
 
     c = weighted = weight_sum = None
-    if obj.uses_gem_weights:  # GEM's target c = sg(softmax(z / beta) * w), needed before z is overwritten
-        c = z.sub(zmax[:, None]).div_(opts.beta).exp_()  # [n, V] second buffer
+    if obj.uses_gem_weights:  # GEM's target c = sg(softmax(z / beta) * w), before z is overwritten
+        c = torch.sub(z, zmax[:, None], out=cbuf).div_(opts.beta).exp_()  # [n, V]
         c.div_(c.sum(-1, keepdim=True))
         w = GEM_WEIGHTS[opts.h](z, gold)
         if w is not None:
@@ -78,22 +107,22 @@ def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Pla
         weighted = torch.linalg.vecdot(c, z)  # [n]
         weight_sum = c.sum(-1)
 
-    # softmax in place: z -> exp(z - max) -> probabilities P
-    z.sub_(zmax[:, None]).exp_()
+    # softmax in place: z -> z - max -> exp -> probabilities
+    z.sub_(zmax[:, None])
+    ez = _exp_and_entropy(z, plan.want_stats)
     sumexp = z.sum(-1)
     z.div_(sumexp[:, None])
     probs = z
     lse = zmax + sumexp.log()  # [n]
     topk_mass = (top - lse[:, None]).exp().sum(-1) if need_topk else None
 
-    # the objective, on [n]-sized leaves; autograd gives d loss_t / d (gold, lse, weighted)
+    # the objective on [n]-sized leaves; autograd gives d loss_t / d (gold, lse, weighted)
     with torch.enable_grad():
         leaves = [gold.detach().requires_grad_(), lse.detach().requires_grad_()]
         if weighted is not None:
             leaves.append(weighted.detach().requires_grad_())
-        terms = TokenTerms(
-            leaves[0], leaves[1], topk_mass, leaves[2] if weighted is not None else None, weight_sum
-        )
+        w_leaf = leaves[2] if weighted is not None else None
+        terms = TokenTerms(leaves[0], leaves[1], topk_mass, w_leaf, weight_sum)
         per_token = obj.loss(terms, opts)  # [n]
         grads = torch.autograd.grad(per_token.sum(), leaves, allow_unused=True)
     g_gold, g_lse = grads[0], grads[1]
@@ -101,21 +130,9 @@ def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Pla
 
     stats = None
     if plan.want_stats:
-        entropy = torch.empty_like(lse)
-        for r in range(0, probs.shape[0], _ENTROPY_ROWS):  # bounded temporary
-            entropy[r : r + _ENTROPY_ROWS] = torch.special.entr(probs[r : r + _ENTROPY_ROWS]).sum(-1)
-        f64 = torch.float64
-        detached = TokenTerms(gold, lse, topk_mass, weighted, weight_sum)
-        zero = torch.zeros((), dtype=f64, device=z.device)
-        stats = BatchStats(
-            tokens=torch.tensor(float(y.numel()), dtype=f64, device=z.device),
-            masked=obj.mask(detached, opts).sum().to(f64) if obj.mask else zero,
-            penalty=obj.penalty(detached, opts).sum().to(f64) if obj.penalty else zero,
-            prob=(gold - lse).exp().sum().to(f64),
-            entropy=entropy.sum().to(f64),
-            topk_mass=topk_mass.sum().to(f64),
-            correct=(gold >= zmax).sum().to(f64),
-        )
+        entropy = sumexp.log() - ez / sumexp  # H = log s - sum_v e_v z'_v / s, with z' = z - max
+        measured = TokenTerms(gold, lse, topk_mass, weighted, weight_sum)
+        stats = _stats(obj, opts, measured, entropy, gold >= zmax)
 
     # G = g_lse * P + g_w * c + g_gold * onehot(y), scaled by 1 / denominator, built in the P buffer
     grad_logits = probs
@@ -125,10 +142,23 @@ def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, plan: _Pla
         grad_logits.zero_()
     if c is not None and g_w is not None:
         grad_logits.add_(c.mul_((g_w * inv_denom)[:, None]))
-        del c
     if g_gold is not None:
         grad_logits[torch.arange(y.numel(), device=y.device), y] += g_gold * inv_denom
     return per_token.detach().sum(), stats, grad_logits
+
+
+def _stats(obj: Objective, opts, terms: TokenTerms, entropy: Tensor, correct: Tensor) -> BatchStats:
+    f64 = torch.float64
+    zero = torch.zeros((), dtype=f64, device=terms.lse.device)
+    return BatchStats(
+        tokens=torch.tensor(float(terms.lse.numel()), dtype=f64, device=terms.lse.device),
+        masked=obj.mask(terms, opts).sum().to(f64) if obj.mask else zero,
+        penalty=obj.penalty(terms, opts).sum().to(f64) if obj.penalty else zero,
+        prob=terms.logp.exp().sum().to(f64),
+        entropy=entropy.sum().to(f64),
+        topk_mass=terms.topk_mass.sum().to(f64),
+        correct=correct.sum().to(f64),
+    )
 
 
 class _FusedLinearObjective(torch.autograd.Function):
@@ -139,15 +169,21 @@ class _FusedLinearObjective(torch.autograd.Function):
         n_tok, vocab = h.shape[0], weight.shape[0]
         acc = inv_denom.dtype  # fp32, or fp64 for fp64 inputs
         low_precision = weight.dtype != acc
+        rows = min(plan.chunk_size, max(n_tok, 1))
+        buf = torch.empty(rows, vocab, dtype=acc, device=h.device)  # the one [n, V] work buffer
+        cbuf = torch.empty_like(buf) if plan.objective.uses_gem_weights else None
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)  # accumulated in fp32
         grad_b = torch.zeros(vocab, dtype=acc, device=weight.device) if bias is not None else None
         loss = torch.zeros((), dtype=acc, device=h.device)
         stats = BatchStats.zeros(h.device)
-        for start in range(0, n_tok, plan.chunk_size):
-            sl = slice(start, start + plan.chunk_size)
+        for start in range(0, n_tok, rows):
+            sl = slice(start, start + rows)
             h_c = h[sl]
-            loss_c, stats_c, g = _chunk(h_c, weight, bias, y[sl], plan, inv_denom)
+            n = h_c.shape[0]
+            loss_c, stats_c, g = _chunk(
+                h_c, weight, bias, y[sl], plan, inv_denom, buf[:n], cbuf[:n] if cbuf is not None else None
+            )
             loss += loss_c
             if stats_c is not None:
                 stats = stats + stats_c
@@ -155,14 +191,13 @@ class _FusedLinearObjective(torch.autograd.Function):
                 grad_b += g.sum(0)
             if low_precision:
                 g = g.to(weight.dtype)  # [n, V] half-size copy; products run in the input dtype
-                grad_h[sl] = g @ weight
-                for v0 in range(0, vocab, plan.chunk_size * 8):  # vocab tiles bound the fp32 upcast
-                    v1 = v0 + plan.chunk_size * 8
+                torch.mm(g, weight, out=grad_h[sl])
+                for v0 in range(0, vocab, _GRAD_W_TILE_ROWS):  # vocab tiles bound the fp32 up-cast
+                    v1 = v0 + _GRAD_W_TILE_ROWS
                     grad_w[v0:v1] += (g[:, v0:v1].T @ h_c).to(acc)
             else:
                 torch.mm(g, weight, out=grad_h[sl])
                 grad_w.addmm_(g.T, h_c)
-            del g
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.weight_dtype = weight.dtype
         stats_vec = stats.as_tensor()
@@ -216,7 +251,7 @@ def fused_linear(
     h = hidden[:, :-1][kept]  # [N, d]: only scored rows enter the engine
     if h.dtype != weight.dtype:
         h = h.to(weight.dtype)
-    buffers = 3 if obj.uses_gem_weights else 2
+    buffers = 2 if obj.uses_gem_weights else 1
     rows = chunk_size or auto_chunk_size(h.shape[0], weight.shape[0], device=h.device, buffers=buffers)
     plan = _Plan(obj, opts, rows, return_stats)
     acc = accumulation_dtype(weight.dtype)

@@ -55,9 +55,12 @@ def gem(logits, labels, *, beta=0.7, h="linear", num_items_in_batch=None, ignore
     return _reduce(-(q * w * (logp - logpi)).sum(-1), num_items_in_batch)
 
 
-def sed_authors_style(logits, labels, *, tau, top_k=2, lam=1.0, ignore_index=-100):
-    """The released code's memory profile: log-softmax, full softmax and top-k, all materialised."""
-    z, y = _flatten(logits, labels, ignore_index)
+def sed_authors_style(z, y, *, tau, top_k=2, lam=1.0):
+    """The released code's memory profile: log-softmax, full softmax and top-k, all materialised.
+
+    Takes already-shifted, flat ``z`` [N, V] and ``y`` [N] (a benchmark baseline; the released code's own
+    ``.contiguous()`` copy of the shifted logits is not counted).
+    """
     logprobs = F.log_softmax(z.float(), dim=-1)  # [N, V]
     probs = logprobs.exp()  # [N, V] a second full copy
     topk_sum = probs.topk(top_k, dim=-1).values.sum(-1)
