@@ -78,13 +78,13 @@ def _as_points(points: Iterable) -> list[SweepPoint]:
 
 def _clean_metrics(metrics, point: SweepPoint) -> dict[str, float]:
     if not isinstance(metrics, dict) or not metrics:
-        raise TypeError(
+        raise UserError(
             f"the pipeline returned {type(metrics).__name__} for {point.key}; it must return a non-empty dict of metric -> number"
         )
     out = {}
     for name, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-            raise TypeError(f"metric {name!r} of {point.key} is {value!r}; metrics must be numbers")
+            raise UserError(f"metric {name!r} of {point.key} is {value!r}; metrics must be numbers")
         out[str(name)] = float(value)
     return out
 
