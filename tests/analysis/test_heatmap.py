@@ -7,11 +7,12 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from test_topk import _check_png
 
 from sedsft.analysis.heatmap import analyze_heatmap, render_html, score_tokens, token_texts
 from sedsft.analysis.inputs import tokenize_records
 from sedsft.errors import UserError
+
+from .helpers import check_png
 
 
 class _Tokens(HTMLParser):
@@ -71,7 +72,7 @@ def test_html_has_every_token_in_order_escaped(model, tokenizer, records, tmp_pa
     for t in hm.tokens:  # escaped tokens appear in order in the raw page
         pos = page.index(">" + html.escape(t.text, quote=True) + "</span>", pos) + 1
     assert page.count('class="tok pen') == sum(t.penalized for t in hm.tokens)
-    _check_png(tmp_path / "ex.png")
+    check_png(tmp_path / "ex.png")
     assert (tmp_path / "ex.json").exists()
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_topk import _check_png
 
 from sedsft.analysis.sweep import POINTS_LOG, SweepPoint, grid, run_sweep
 from sedsft.analysis.sweep_cli import load_pipeline, parse_grid
 from sedsft.errors import UserError
+
+from .helpers import check_png
 
 
 class Stub:
@@ -47,7 +48,7 @@ def test_resume_does_not_recompute(tmp_path):
     )  # same key after rounding
     assert third.calls == [] and len(res.rows) == 6
     assert len((tmp_path / POINTS_LOG).read_text().splitlines()) == 6
-    _check_png(tmp_path / "sweep_heatmap.png")
+    check_png(tmp_path / "sweep_heatmap.png")
     table = (tmp_path / "sweep_table.md").read_text()
     assert "| r | k | aime | math | avg |" in table and "| 0.9 | 3 | 12 | 47 | 29.5 |" in table
     grid_csv = (tmp_path / "sweep_grid.csv").read_text().splitlines()

@@ -7,12 +7,13 @@ import csv
 import numpy as np
 import pytest
 import torch
-from matplotlib import image as mpimg
 
 from sedsft.analysis.inputs import batches_of, pad_id, tokenize_records
 from sedsft.analysis.topk import analyze_topk, topk_distribution
 from sedsft.calibrate import calibrate_tau
 from sedsft.errors import UserError
+
+from .helpers import check_png
 
 
 def _batches(model, tokenizer, records, batch_size=4):
@@ -79,14 +80,6 @@ def test_no_label_tokens_is_a_clear_error(model):
         topk_distribution(model, [batch], max_k=2)
 
 
-def _check_png(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    img = mpimg.imread(path)
-    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
-    assert img[..., :3].std() > 0.05  # not a blank canvas
-
-
 def test_report_files_and_tau_table(model, tokenizer, records, tmp_path):
     report = analyze_topk(
         model,
@@ -100,7 +93,7 @@ def test_report_files_and_tau_table(model, tokenizer, records, tmp_path):
         output_dir=tmp_path,
     )
     assert len(report.example_indices) == 5 and report.example_indices == sorted(report.example_indices)
-    _check_png(tmp_path / "topk.png")
+    check_png(tmp_path / "topk.png")
     with open(tmp_path / "topk_tau.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 2
