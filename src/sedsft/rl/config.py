@@ -14,6 +14,7 @@ Where TRL has the same knob, :class:`SEDGRPOConfig` defaults to the paper's valu
 | GRPO advantage: (r - group mean) / group std  | ``scale_rewards = "group"``             |
 | rollout temperature 1.0, top_p 1.0            | ``temperature = 1.0``, ``top_p = 1.0``  |
 | ppo_epochs 1, mini-batch = train batch        | ``num_iterations = 1``; one optimizer step per generation batch |
+| actor optim: constant lr, weight decay 0.01   | ``lr_scheduler_type = "constant"``, ``weight_decay = 0.01`` |
 
 Token-level loss: verl's "token-mean" sums the clipped per-token losses of the whole mini-batch and
 divides once by its number of response tokens, so every token weighs the same whatever the length of
@@ -83,6 +84,13 @@ class SEDGRPOConfig(GRPOConfig):
             "help": "Response token budget per sample. The paper does not state it; 3,072 keeps prompt + response "
             "within Qwen2.5-Math-7B-Instruct's 4,096-token context."
         },
+    )
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={"help": "Learning-rate schedule; verl's actor default is constant (no warm-up)."},
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay (verl's actor default 0.01)."}
     )
     logging_steps: float = field(
         default=1, metadata={"help": "Log every N optimizer steps (RL steps are few and long)."}

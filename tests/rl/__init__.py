@@ -1,0 +1,1 @@
+"""RL-stage tests (GRPO reward, prompts, filter, verl export, configs)."""
