@@ -13,6 +13,7 @@ mean of each point's metrics (named ``"mean of metrics"``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -104,28 +105,36 @@ def run_sweep(
     log = JsonlLog(out / POINTS_LOG)
     done = {rec["key"]: rec for rec in log.records() if "key" in rec}  # the last record of a key wins
     computed, reused = [], [p for p in pts if p.key in done]
+
+    def write() -> SweepResult:
+        return _write_outputs(pts, done, computed, reused, out, metric=metric, unit=unit, title=title)
+
     result = None
-    try:
-        for point in pts:
-            if point.key in done:
-                continue
-            start = time.perf_counter()
+    for point in pts:
+        if point.key in done:
+            continue
+        start = time.perf_counter()
+        try:
             metrics = _clean_metrics(run_point(point.mask_ratio, point.top_k), point)
-            record = {
-                "key": point.key,
-                "mask_ratio": point.mask_ratio,
-                "top_k": point.top_k,
-                "metrics": metrics,
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-            log.append(record)
-            done[point.key] = record
-            computed.append(point)
-            result = _write_outputs(pts, done, computed, reused, out, metric=metric, unit=unit, title=title)
-    finally:
-        if result is None and any(p.key in done for p in pts):
-            result = _write_outputs(pts, done, computed, reused, out, metric=metric, unit=unit, title=title)
-    return result
+        except BaseException:
+            if any(
+                p.key in done for p in pts
+            ):  # leave tables of what finished, then re-raise the pipeline's error
+                with contextlib.suppress(Exception):
+                    write()
+            raise
+        record = {
+            "key": point.key,
+            "mask_ratio": point.mask_ratio,
+            "top_k": point.top_k,
+            "metrics": metrics,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        log.append(record)
+        done[point.key] = record
+        computed.append(point)
+        result = write()  # after every point, so an interrupted sweep still has its tables
+    return result if result is not None else write()
 
 
 def summary_metric(rows: Sequence[dict], metric: str | None) -> str:
