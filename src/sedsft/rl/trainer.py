@@ -78,10 +78,12 @@ class JsonlMetricsCallback(TrainerCallback):
     """Appends every log line (step, epoch and metrics) to ``<output_dir>/metrics.jsonl`` on the main process."""
 
     def __init__(self, path: str | Path):
-        self.log = JsonlLog(path)
+        self.path = Path(path)
+        self.log: JsonlLog | None = None  # opened on the main process only, at its first log line
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
+            self.log = self.log or JsonlLog(self.path)
             self.log.append({"step": state.global_step, "epoch": state.epoch, **logs})
 
 
