@@ -146,3 +146,9 @@ def test_code_in_a_response_is_never_executed(tmp_path):
     for response in (rf"\boxed{{{payload}}}", f"The answer is {payload}", payload):
         assert is_correct(response, "12345") is False
     assert not marker.exists()
+
+
+def test_escaped_braces_inside_a_box_do_not_end_it():
+    gold = r"$C(p)=\left\{\begin{array}{rll}6 p+1.5 & \text { if } & 1 \leq p \leq 5 \\ 5.5 p & \text { if } & p \geq 6\end{array}\right.$"
+    assert is_correct(f"The answer is \\boxed{{{gold}}}.", gold)
+    assert extract_answer(r"\boxed{\{1\}} and \boxed{\{2, 3\}}") == r"\{2, 3\}"

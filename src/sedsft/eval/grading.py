@@ -57,6 +57,9 @@ def _box_contents(text: str) -> list[str | None]:
         depth, j, end = 0, i, min(len(text), i + _BOX_SCAN_CHARS)
         while j < end:
             c = text[j]
+            if c == "\\":  # \{ and \} are literal braces (\left\{ ... \right.), not grouping
+                j += 2
+                continue
             if c == "{":
                 depth += 1
             elif c == "}":
