@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
         args, model_args = _parser().parse_args_and_config(argv)
     from trl import get_peft_config
 
-    from sedsft.data import load_records
+    from sedsft.data import load_records, to_conversation
 
     from .trainer import SEDSFTTrainer
 
@@ -107,6 +107,8 @@ def main(argv: list[str]) -> int:
         raise UserError("--dataset_path is required: a local .jsonl/.json/.parquet file or folder")
     records = load_records(args.dataset_path)  # data errors surface before the (slow) model load
     eval_records = load_records(args.eval_dataset_path) if args.eval_dataset_path else None
+    for record in records + (eval_records or []):
+        to_conversation(record, system_prompt=args.system_prompt)  # layout errors, also before the model load
     model, tokenizer = _load_model_and_tokenizer(model_args, args)
     trainer = SEDSFTTrainer(
         model,

@@ -1,0 +1,147 @@
+"""``sedsft sft`` / ``sedsft calibrate`` end to end on the tiny checkpoint, bad inputs, and the paper configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sedsft.cli import main as sedsft_main
+from sedsft.losses import OBJECTIVES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tiny_config(tmp_path, ckpt, data, objective) -> Path:
+    cfg = tmp_path / f"tiny_{objective}.yaml"
+    cfg.write_text(
+        f"model_name_or_path: {ckpt}\ndataset_path: {data}\noutput_dir: {tmp_path / objective}\n"
+        f"objective: {objective}\nmax_steps: 2\nper_device_train_batch_size: 4\nlogging_steps: 1\n"
+        "save_strategy: 'no'\nreport_to: none\nuse_cpu: true\nbf16: false\nmax_length: 128\n"
+        "calibration_examples: 8\ndisable_tqdm: true\n"
+    )
+    return cfg
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_sft_from_config_each_objective(tmp_path, tiny_ckpt, train_file, objective):
+    cfg = _tiny_config(tmp_path, tiny_ckpt, train_file, objective)
+    assert sedsft_main(["sft", "--config", str(cfg), "--learning_rate", "1e-3"]) == 0
+    out = tmp_path / objective
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    rows = [json.loads(x) for x in (out / "sedsft_metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 2 and all("mask_rate" in r and "entropy" in r for r in steps)
+    summary = json.loads((out / "sedsft_summary.json").read_text())
+    assert summary["objective"] == objective and summary["data"]["examples"] == 16
+    assert (out / "sedsft_calibration.json").exists() == (objective == "sed")
+
+
+BAD = {
+    "broken line": (
+        '{"question": "q", "response": "r"}\n{"question": "q", \n',
+        [],
+        r"train.jsonl:2: broken JSON",
+    ),
+    "missing field": ('{"question": "q", "reply": "r"}\n', [], r"train.jsonl:1: no prompt/response fields"),
+    "empty file": ("", [], r"is empty"),
+    "no such path": (None, [], r"does not exist"),
+    "bad option": ('{"question": "q", "response": "r"}\n', ["--lam", "-1"], r"lam must be"),
+    "option of another objective": (
+        '{"question": "q", "response": "r"}\n',
+        ["--objective", "ce", "--lam", "2"],
+        r"--lam does not apply to objective 'ce'",
+    ),
+    "unknown objective": ('{"question": "q", "response": "r"}\n', ["--objective", "sft"], r"invalid choice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_inputs_give_one_line(tmp_path, tiny_ckpt, capsys, case):
+    content, extra, match = BAD[case]
+    data = tmp_path / "train.jsonl"
+    if content is not None:
+        data.write_text(content)
+    argv = [
+        "sft",
+        "--model_name_or_path",
+        str(tiny_ckpt),
+        "--dataset_path",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+        "--bf16",
+        "false",
+        *extra,
+    ]
+    assert sedsft_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sedsft sft: error:"), err
+    assert pytest.importorskip("re").search(match, err[0]), err[0]
+
+
+def test_broken_jsonl_in_a_real_process(tmp_path, tiny_ckpt):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "q", "response": "r"}\nnot json\n')
+    cmd = [
+        sys.executable,
+        "-m",
+        "sedsft.cli",
+        "sft",
+        "--model_name_or_path",
+        str(tiny_ckpt),
+        "--dataset_path",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""}
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "sedsft sft: error: train.jsonl:2: broken JSON line (Expecting value at column 1); fix or remove it"
+    ]
+
+
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "configs" / "paper").glob("sft_*.yaml")), ids=lambda p: p.name
+)
+def test_paper_configs_parse_and_validate(config):
+    from sedsft.train.cli import _parser
+
+    text = config.read_text()
+    assert text.startswith("# ") and "accelerate launch --config_file configs/accelerate/zero2.yaml" in text
+    for objective in OBJECTIVES:
+        args, model_args = _parser().parse_args_and_config(
+            ["--config", str(config), "--objective", objective, "--use_cpu"]  # bf16 needs a GPU or use_cpu
+        )
+        assert args.learning_rate == 2e-5 and args.bf16 and args.mask_ratio == 0.7 and args.top_k == 2
+        assert args.tau is None and args.lam == 1.0 and model_args.model_name_or_path.startswith("models/")
+
+
+def test_calibrate_cli(tmp_path, tiny_ckpt, train_file, capsys):
+    out = tmp_path / "cal.json"
+    argv = [
+        "calibrate",
+        "--model",
+        str(tiny_ckpt),
+        "--data",
+        str(train_file),
+        "--num_examples",
+        "8",
+        "--output",
+        str(out),
+        "--max_length",
+        "128",
+    ]
+    assert sedsft_main(argv) == 0
+    cal = json.loads(out.read_text())
+    assert f"tau = {cal['tau']:.6f}" in capsys.readouterr().out
+    assert cal["top_k"] == 2 and cal["mask_ratio"] == 0.7 and cal["num_sequences"] == 8
