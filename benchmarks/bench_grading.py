@@ -7,7 +7,8 @@ gold; elsewhere the response is "... The answer is \\boxed{<gold>}." Mode own_go
 their gold (mostly the exact-string fast path); shuffled_gold against another row's gold (mostly
 SymPy, the slow path: what wrong model answers cost). Each benchmark is timed in this
 process (workers=0, the library default) and through a GraderPool (workers=2, the CLI default;
-worker start-up is not timed). Appends long-format rows to benchmarks/results/grading.csv.
+worker start-up is not timed; workers keep their parsed golds between modes, so their
+shuffled_gold rows start with a warm gold cache). Appends long-format rows to benchmarks/results/grading.csv.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(
-                    f"{name:14s} workers={workers} n={row['n']:5d} {row['seconds']:7.2f}s {row['responses_per_s']:8.1f}/s correct={row['correct_frac']}"
+                    f"{name:14s} {mode:13s} workers={workers} n={row['n']:5d} {row['seconds']:7.2f}s {row['responses_per_s']:8.1f}/s correct={row['correct_frac']}"
                 )
     finally:
         pool.close()
