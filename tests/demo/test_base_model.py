@@ -48,7 +48,7 @@ def test_reloads_with_from_pretrained_and_samples(tiny_base):
 def test_config_hash_is_stable_and_sensitive():
     assert BaseModelConfig().hash() == BaseModelConfig().hash()
     assert BaseModelConfig(seed=1).hash() != BaseModelConfig().hash()
-    assert BaseModelConfig.tiny().hash() != BaseModelConfig().hash()
+    assert len({BaseModelConfig.tiny().hash(), BaseModelConfig.quick().hash(), BaseModelConfig().hash()}) == 3
 
 
 def test_bad_config_says_what_to_change():

@@ -8,6 +8,19 @@ per :class:`BaseModelConfig` and saves model and tokenizer under ``cache_dir/<co
 :func:`measure_sampling` reports accuracy and strategy diversity per split when sampling.
 
 ``python -m sedsft.demo.base_model [cache_dir]`` builds the default model and prints that report.
+
+Measured (seed 0, 2 CPU cores shared with other jobs, so times are noisy; sampling at temperature 1,
+32 held-out problems x 8 samples per split; "strategies" = distinct strategies per problem):
+
+| config | params | steps (epochs) | train time | loss | accuracy L1..L5 | strategies L1..L5 |
+| --- | --- | --- | --- | --- | --- | --- |
+| 128x3, MLP 384 | 653k | 800 (1.2) | 106 s (light load) | 0.63 | .15 .09 .04 .00 .00 | .22 .06 0 0 0 |
+| 64x2, MLP 256 (default) | 138k | 2600 (4.0) | 1047 s (load ~5 on 2 cores; ~0.045 s/step, ~2 min, unloaded) | 0.39 | .39 .26 .25 .14 .02 | 1.5 .84 .88 .50 .03 |
+
+Most failures of both are misread terms (the copy from the question is the last skill a tiny model
+learns), so many samples follow no strategy; where the default model does follow one on L4, ``tens``
+is right 82% of the time and ``left`` 0%, the asymmetry the world is designed around. More steps
+would help most; the budget of the demo is what caps them.
 """
 
 from __future__ import annotations
@@ -53,10 +66,10 @@ class BaseModelConfig:
     seed: int = field(
         default=0, metadata={"help": "seed for the corpus, the initial weights and the batch order"}
     )
-    hidden_size: int = field(default=128, metadata={"help": "model width"})
-    num_layers: int = field(default=3, metadata={"help": "transformer blocks"})
+    hidden_size: int = field(default=64, metadata={"help": "model width"})
+    num_layers: int = field(default=2, metadata={"help": "transformer blocks"})
     num_heads: int = field(default=4, metadata={"help": "attention heads (hidden_size must divide by it)"})
-    intermediate_size: int = field(default=384, metadata={"help": "MLP width"})
+    intermediate_size: int = field(default=256, metadata={"help": "MLP width"})
     corpus_per_split: int = field(
         default=3000,
         metadata={"help": "pre-training problems per split (one-digit splits give what they have)"},
@@ -64,7 +77,9 @@ class BaseModelConfig:
     strategies_per_problem: int = field(
         default=2, metadata={"help": "distinct strategies rendered per problem"}
     )
-    steps: int = field(default=1500, metadata={"help": "optimizer steps"})
+    steps: int = field(
+        default=2600, metadata={"help": "optimizer steps (32 seqs x 2600 = 83k seqs, 4 epochs)"}
+    )
     batch_size: int = field(default=32, metadata={"help": "sequences per step"})
     lr: float = field(
         default=3e-3, metadata={"help": "peak learning rate (linear warmup, cosine decay to 10%)"}
@@ -94,6 +109,11 @@ class BaseModelConfig:
             {"cfg": asdict(self), "world": WORLD_VERSION, "code": BASE_MODEL_VERSION}, sort_keys=True
         )
         return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    @classmethod
+    def quick(cls, **overrides) -> BaseModelConfig:
+        """The demo's ``--quick`` base: the default model with 40% of the steps (about 50 s unloaded)."""
+        return cls(**{"steps": 1000, **overrides})
 
     @classmethod
     def tiny(cls, **overrides) -> BaseModelConfig:
@@ -231,6 +251,8 @@ def build_base_model(
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "train_log.json", log)
         atomic_write_json(tmp / "base_config.json", {"hash": cfg.hash(), **asdict(cfg)})  # written last
+        for f in [tmp, *tmp.iterdir()]:  # mkdtemp/mkstemp create owner-only files; share like save_pretrained
+            f.chmod(0o755 if f.is_dir() else 0o644)
         try:
             os.rename(tmp, final)
         except OSError:
