@@ -155,3 +155,26 @@ def test_bad_shapes_and_chunk():
         losses.fused_linear(hidden, weight, labels, objective="ce", chunk_size=0)
     with pytest.raises(ValueError, match="unknown objective"):
         losses.fused_linear(hidden, weight, labels, objective="nll")
+
+
+def test_second_backward_is_refused():
+    hidden, weight, b, labels = make_inputs(2, 6, 4, 9, dtype=torch.float32)
+    weight.requires_grad_()
+    loss = losses.fused_linear(hidden, weight, labels, objective="ce")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward through the same loss twice"):
+        loss.backward()
+
+
+def test_scaled_loss_scales_gradients():
+    """A trainer multiplies the loss (processes, loss scaling): the in-place scaling must follow."""
+    hidden, weight, b, labels = make_inputs(2, 9, 5, 13, dtype=torch.float64)
+    once = grads(fused_path("sed", labels, tau=0.4), hidden, weight, b)
+    thrice = grads(
+        lambda h, w, bb: 3.0 * losses.fused_linear(h, w, labels, objective="sed", bias=bb, tau=0.4),
+        hidden,
+        weight,
+        b,
+    )
+    for a, c in zip(once, thrice):
+        torch.testing.assert_close(3.0 * a, c)

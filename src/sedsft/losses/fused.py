@@ -200,18 +200,24 @@ class _FusedLinearObjective(torch.autograd.Function):
                 grad_w.addmm_(g.T, h_c)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.weight_dtype = weight.dtype
+        ctx.used = False
         stats_vec = stats.as_tensor()
         ctx.mark_non_differentiable(stats_vec)
         return loss * inv_denom, stats_vec
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
+        # The gradients were computed in forward; scale them in place (a [V, d] copy would double the
+        # weight gradient's memory), so this graph can be backpropagated once.
+        if ctx.used:
+            raise RuntimeError(
+                "fused_linear: backward through the same loss twice is not supported; recompute the loss"
+            )
+        ctx.used = True
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        grad_h = grad_h * grad_loss.to(grad_h.dtype)
-        grad_w = (grad_w * grad_loss).to(ctx.weight_dtype)
-        if grad_b is not None:
-            grad_b = (grad_b * grad_loss).to(ctx.weight_dtype)
-        return grad_h, grad_w, grad_b, None, None, None
+        grads = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in (grad_h, grad_w, grad_b)]
+        grads[1:] = [g.to(ctx.weight_dtype) if g is not None else None for g in grads[1:]]
+        return *grads, None, None, None
 
 
 def fused_linear(
