@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import json
-import string
 
 import pytest
-import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-CHATML = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+from ..tiny import char_tokenizer, tiny_llama
+
 WORDS = ["system", "user", "assistant"]
 
 RECORDS = [
@@ -29,49 +20,17 @@ RECORDS = [
 ]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    chars = [c for c in string.printable if c not in "\x0b\x0c"]
-    vocab = {t: i for i, t in enumerate(SPECIAL + chars + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    pieces = "|".join(WORDS) + r"|[\s\S]"
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(pieces), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=["<|im_start|>"],
-        clean_up_tokenization_spaces=False,
-    )
-    tok.chat_template = CHATML
-    return tok
-
-
-def make_model(vocab_size: int, *, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        initializer_range=0.5,  # large random weights: peaked, varied next-token distributions
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="session")
 def tokenizer():
-    return make_tokenizer()
+    return char_tokenizer(words=WORDS)
 
 
 @pytest.fixture(scope="session")
 def model(tokenizer):
-    return make_model(len(tokenizer))
+    # large random weights (initializer_range 0.5): peaked, varied next-token distributions
+    return tiny_llama(
+        tokenizer, num_key_value_heads=4, max_position_embeddings=256, initializer_range=0.5
+    ).eval()
 
 
 @pytest.fixture(scope="session")
