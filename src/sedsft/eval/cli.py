@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
 
 def _evaluate_model(args) -> int:
     from sedsft.eval.benchmarks import load, parse_names
+    from sedsft.eval.generation import backend_from_args
     from sedsft.eval.protocol import resolve_sampling
 
     model = Path(args.model)
@@ -111,7 +112,7 @@ def _evaluate_model(args) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = evaluate(
-        _load_backend(args),
+        backend_from_args(args),
         problems,
         sampling=sampling,
         system_prompt=None if args.no_system_prompt else args.system_prompt,
@@ -126,32 +127,6 @@ def _evaluate_model(args) -> int:
     print(result.markdown)
     print(f"samples, metrics.json and results.md are in {out}")
     return 0
-
-
-def _load_backend(args):
-    from sedsft.eval.generation import HFBackend, VLLMBackend, vllm_available
-
-    use_vllm = args.backend == "vllm" or (args.backend == "auto" and vllm_available() and _cuda())
-    if use_vllm:
-        return VLLMBackend.from_pretrained(
-            args.model,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-            tensor_parallel_size=args.tensor_parallel_size,
-        )
-    return HFBackend.from_pretrained(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
-        batch_size=args.batch_size,
-    )
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def read_responses(path: str | Path) -> dict[str, list[dict]]:

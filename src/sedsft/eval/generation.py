@@ -223,3 +223,41 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
+
+
+def load_backend(
+    model: str,
+    *,
+    backend: str = "auto",
+    dtype: str = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    tensor_parallel_size: int = 1,
+    batch_size: int = 8,
+) -> HFBackend | VLLMBackend:
+    """A backend for the local checkpoint ``model``: vLLM for "vllm", or for "auto" when vLLM and a GPU
+    are there; Transformers ``generate`` otherwise. Shared by ``sedsft eval`` and ``sedsft filter``."""
+    import torch
+
+    if backend not in ("auto", "hf", "vllm"):
+        raise ValueError(f"backend must be auto, hf or vllm, got {backend!r}")
+    if backend == "vllm" or (backend == "auto" and vllm_available() and torch.cuda.is_available()):
+        return VLLMBackend.from_pretrained(
+            model, dtype=dtype, trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size
+        )
+    return HFBackend.from_pretrained(
+        model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, batch_size=batch_size
+    )
+
+
+def backend_from_args(args) -> HFBackend | VLLMBackend:
+    """:func:`load_backend` from the ``--model/--backend/--dtype/...`` flags both CLIs share."""
+    return load_backend(
+        args.model,
+        backend=args.backend,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        tensor_parallel_size=args.tensor_parallel_size,
+        batch_size=args.batch_size,
+    )

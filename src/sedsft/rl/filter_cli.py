@@ -71,26 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_backend(args):
     """The generation backend named by ``--backend`` for ``--model``."""
-    import torch
-
-    from sedsft.eval.generation import HFBackend, VLLMBackend, vllm_available
+    from sedsft.eval.generation import backend_from_args
 
     if not Path(args.model).is_dir():
         raise UserError(f"--model {args.model} is not a folder; pass a local checkpoint")
-    if args.backend == "vllm" or (args.backend == "auto" and vllm_available() and torch.cuda.is_available()):
-        return VLLMBackend.from_pretrained(
-            args.model,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-            tensor_parallel_size=args.tensor_parallel_size,
-        )
-    return HFBackend.from_pretrained(
-        args.model,
-        dtype=args.dtype,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
-        batch_size=args.batch_size,
-    )
+    return backend_from_args(args)
 
 
 def write_same_layout(records: list[dict], data_path: Path, out_dir: Path) -> Path:
