@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 from sedsft.errors import UserError
 
@@ -39,7 +40,9 @@ def model_init_kwargs(config, model_args) -> dict:
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    script, config, model_args = build_parser().parse_args_and_config(argv)
+    with warnings.catch_warnings():  # TrainingArguments' deprecation notices for flags nobody set
+        warnings.simplefilter("ignore", FutureWarning)
+        script, config, model_args = build_parser().parse_args_and_config(argv)
     from trl import get_peft_config
 
     from sedsft.rl.prompts import load_rl_prompts

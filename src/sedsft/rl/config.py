@@ -37,6 +37,7 @@ from trl import GRPOConfig
 
 from sedsft.errors import UserError
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+from sedsft.train.config import default_bf16_to_hardware
 
 # The paper's RL prompts (2,069 filtered MATH problems), relative to the project root.
 PAPER_RL_DATA = "../shared/data/rl/math_level1_filtered.parquet"
@@ -109,6 +110,7 @@ class SEDGRPOConfig(GRPOConfig):
     def __post_init__(self):
         if self.use_vllm is None:
             self.use_vllm = _vllm_usable()
+        default_bf16_to_hardware(self)
         super().__post_init__()
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise UserError(f"epsilon_high must be >= epsilon ({self.epsilon}), got {self.epsilon_high}")

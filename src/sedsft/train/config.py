@@ -106,6 +106,7 @@ class SEDSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        default_bf16_to_hardware(self)
         super().__post_init__()
         # data is tokenized by sedsft.data (completion-only labels); TRL's preparation must not run again
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -165,3 +166,14 @@ class SEDSFTConfig(SFTConfig):
         if "tau" in out and out["tau"] is None:
             raise UserError("SED-SFT needs tau: pass --tau or let the trainer calibrate it")
         return out
+
+
+def default_bf16_to_hardware(args) -> None:
+    """TRL turns bf16 on unless told otherwise; where no GPU can run it, an unset bf16 means fp32.
+
+    An explicit ``--bf16 true`` is left alone (and rejected by TrainingArguments on such a machine).
+    """
+    if args.bf16 is None and not args.fp16:
+        import torch
+
+        args.bf16 = bool(not args.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
