@@ -47,12 +47,13 @@ class DemoConfig:
         default=40, metadata={"help": "RL candidate prompts per split, before filtering"}
     )
     filter_n: int = field(default=8, metadata={"help": "samples per prompt when filtering (paper: 8)"})
-    rl_steps: int = field(default=24, metadata={"help": "GRPO optimizer steps"})
+    rl_steps: int = field(default=40, metadata={"help": "GRPO optimizer steps"})
     rl_prompts_per_step: int = field(default=8, metadata={"help": "prompts per GRPO step"})
     num_generations: int = field(default=8, metadata={"help": "GRPO group size (paper: 8)"})
-    rl_lr: float = field(default=3e-4, metadata={"help": "GRPO learning rate (paper 1e-6 is for 7B models)"})
+    rl_lr: float = field(default=1e-4, metadata={"help": "GRPO learning rate (paper 1e-6 is for 7B models)"})
     max_new_tokens: int = field(
-        default=112, metadata={"help": "token budget of every sample (longest gold: 97)"}
+        default=112,
+        metadata={"help": "token budget of every sample (longest gold solution: 96 characters, ~90 tokens)"},
     )
     # stage 4: evaluation (the paper's protocol)
     eval_per_split: int = field(default=48, metadata={"help": "held-out problems per split"})
@@ -113,7 +114,7 @@ class DemoConfig:
             base=BaseModelConfig.quick(),
             sft_steps=80,
             rl_per_split=24,
-            rl_steps=12,
+            rl_steps=20,
             eval_per_split=32,
             hard_k=4,
             analysis_examples=100,
