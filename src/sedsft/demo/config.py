@@ -56,7 +56,9 @@ class DemoConfig:
         metadata={"help": "token budget of every sample (longest gold solution: 96 characters, ~90 tokens)"},
     )
     # stage 4: evaluation (the paper's protocol)
-    eval_per_split: int = field(default=48, metadata={"help": "held-out problems per split"})
+    eval_per_split: int = field(
+        default=96, metadata={"help": "held-out problems per split (L1 has 98 in all)"}
+    )
     hard_splits: tuple[str, ...] = field(default=("L4", "L5"), metadata={"help": "Avg@k splits (AIME/AMC)"})
     hard_k: int = field(default=8, metadata={"help": "samples per problem on the hard splits (Avg@k)"})
     hard_temperature: float = field(default=0.7, metadata={"help": "temperature on the hard splits"})
@@ -115,7 +117,7 @@ class DemoConfig:
             sft_steps=80,
             rl_per_split=24,
             rl_steps=20,
-            eval_per_split=32,
+            eval_per_split=48,
             hard_k=4,
             analysis_examples=100,
             calibration_examples=100,

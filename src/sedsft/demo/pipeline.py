@@ -433,7 +433,7 @@ def stage_heatmaps(cfg: DemoConfig, models: dict[str, Path], data: DemoData, tau
             system_prompt=DEMO_SYSTEM_PROMPT,
             output_dir=out,
             name=f"heatmap_{name}",
-            title=f"{name}: p(gold token) on {hard[0]['id']} (k={cfg.top_k}, tau={tau:.3f})",
+            title=f"{name}: p(gold token) on {hard[0]['id']} (k={cfg.top_k}, tau={tau:.6f})",
         )
         probs = [t.prob for t in hm.tokens]
         files[name] = {"figure": str(hm.files["figure"]), "mean_gold_prob": _mean(probs)}

@@ -162,7 +162,7 @@ def plot_sft_curves(out: Path, cfg: DemoConfig) -> Path | None:
     axes = fig.subplots(1, len(SFT_CURVES))
     units = {
         "loss": "training loss (nats/token)",
-        "mask_rate": "mask rate (share of tokens)",
+        "mask_rate": "share of tokens penalised (P_topk < tau)",
         "entropy": "entropy (nats)",
         "gold_prob": "p(gold token)",
     }
@@ -307,8 +307,8 @@ def write_report(out: Path, cfg: DemoConfig, results: dict) -> WrittenReport:
         + (" (read from the cache this time)" if results["base_model"]["cached_before"] else "")
         + f"; cache {results['base_model']['hash']}.",
         f"- tau (k={cfg.top_k}, r={cfg.mask_ratio}) on the base model over the SFT data: "
-        f"{results['analysis']['tau']:.4f} (analysis sample); SED-SFT's own calibration: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in results["calibration"].items() if v is not None)
+        f"{results['analysis']['tau']:.6f} (analysis sample); SED-SFT's own calibration: "
+        + ", ".join(f"{k} {v:.6f}" for k, v in results["calibration"].items() if v is not None)
         + ".",
     ]
     if filt:
