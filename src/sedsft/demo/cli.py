@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 from sedsft.errors import UserError
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    # transformers' own deprecation notices about its internals (nothing the user can change)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # weight loading bars; the demo shows its own
 
