@@ -100,6 +100,12 @@ def test_rerun_resumes_and_same_seed_reproduces(tiny_run):
     root, first = tiny_run
     again = run_demo(DemoConfig.tiny(), output_dir=first.output_dir, cache_dir=root / "cache", progress=False)
     assert again.computed == [] and set(again.reused) == set(first.computed)
+    calls = again.results["calls"]
+    assert (
+        len(calls) == 2
+        and calls[0]["stages_computed"] == len(first.computed)
+        and calls[1]["stages_computed"] == 0
+    )
     fresh = run_demo(DemoConfig.tiny(), output_dir=root / "out2", cache_dir=root / "cache", progress=False)
     strip = lambda r: {k: {s: v["accuracy"] for s, v in e["splits"].items()} for k, e in r["evals"].items()}  # noqa: E731
     assert strip(fresh.results) == strip(first.results)

@@ -44,7 +44,7 @@ from sedsft.demo.world import (
     write_sft_jsonl,
 )
 from sedsft.errors import UserError
-from sedsft.io import atomic_write_json, read_json
+from sedsft.io import JsonlLog, atomic_write_json, read_json
 
 STAGES_DIR = "stages"
 
@@ -484,7 +484,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     _check_config(out, cfg, seeds)
-    wall = time.perf_counter()
+    wall, started = time.perf_counter(), time.time()
     # base, data, analysis, base eval, heatmaps [+ filter] + per seed and objective: SFT, eval [+ RL, eval]
     n_stages = 5 + (1 if rl else 0) + seeds * len(cfg.objectives) * (4 if rl else 2)
     bar = tqdm(total=n_stages, desc="demo", unit="stage", disable=not progress)
@@ -562,6 +562,19 @@ def run_demo(
                     partial(stage_eval, cfg, d, data, seed, ev_dir, name=f"{obj} SFT+RL"),
                 )
     bar.close()
+    # every invocation's measured wall time, kept across reruns (results.json shows them all)
+    calls = JsonlLog(out / "calls.jsonl")
+    calls.append(
+        {
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "seconds": round(time.perf_counter() - wall, 1),
+            "seeds": seeds,
+            "objectives": list(cfg.objectives),
+            "stages_computed": len(st.computed),
+            "stages_reused": len(st.reused),
+            "base_model_trained": "base" in st.computed and not base["cached_before"],
+        }
+    )
 
     results = {
         "config": cfg.to_dict(),
@@ -579,6 +592,7 @@ def run_demo(
         "computed_this_call": st.computed,
         "reused_this_call": st.reused,
         "wall_seconds_this_call": round(time.perf_counter() - wall, 1),
+        "calls": calls.records(),
     }
     written = write_report(out, cfg, results) if report else None
     return DemoResult(

@@ -280,6 +280,15 @@ def write_report(out: Path, cfg: DemoConfig, results: dict) -> WrittenReport:
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + f". Wall time of the stages: {sum(st.values()):.0f} s (this call {results['wall_seconds_this_call']:.0f} s).",
         "",
+        "Measured wall time of each invocation on this folder (`calls.jsonl`): "
+        + "; ".join(
+            f"{c['started_utc']} {c['seconds']:.0f} s ({c['stages_computed']} stages run, {c['stages_reused']} read back"
+            + (", base model trained" if c["base_model_trained"] else "")
+            + ")"
+            for c in results.get("calls", [])
+        )
+        + ".",
+        "",
         "## What the numbers say",
         "",
         _verdict(cfg, agg, seeds) or "- only one objective was run: nothing to compare.",
