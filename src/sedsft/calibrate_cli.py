@@ -50,28 +50,19 @@ def main(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
     if a.num_examples < 1 or a.batch_size < 1:
         raise UserError("--num_examples and --batch_size must be >= 1")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from sedsft.calibrate import calibrate
     from sedsft.data import SFTCollator, build_sft_dataset, load_records
-    from sedsft.train.cli import _check_local_model
+    from sedsft.models import check_local_model, load_local_model
     from sedsft.train.trainer import calibration_sample
 
     records = load_records(a.data)
-    path = _check_local_model(a.model)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=a.trust_remote_code, local_files_only=True)
+    path = check_local_model(a.model)  # before the data is tokenized: a wrong path fails at once
+    model, tok = load_local_model(path, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     ds, report = build_sft_dataset(
         records, tok, system_prompt=a.system_prompt or None, max_length=a.max_length, overflow=a.overflow
     )
-    dtype = "auto" if a.dtype == "auto" else getattr(torch, a.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=a.trust_remote_code, local_files_only=True
-    )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
     idx = calibration_sample(len(ds), a.num_examples, seed=a.seed)
     collate = SFTCollator(tok.pad_token_id)
     batches = (collate([ds[i] for i in idx[s : s + a.batch_size]]) for s in range(0, len(idx), a.batch_size))

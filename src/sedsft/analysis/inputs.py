@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sedsft.errors import UserError
+from sedsft.models import load_local_model
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 
@@ -115,18 +116,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 def load_model_and_tokenizer(
     path: str, *, tokenizer_path: str | None = None, device: str = "auto", dtype: str = "auto"
 ):
-    """A causal LM and its tokenizer from a local folder (or a hub id when the hub is reachable), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    for p, what in ((path, "--model"), (tokenizer_path, "--tokenizer")):
-        if p is not None and not Path(p).exists() and (p.startswith((".", "/", "~")) or p.count("/") > 1):
-            raise UserError(f"{what} folder not found: {p}")
-    dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise UserError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype]).to(device)
-    model.eval()
-    return model, tokenizer
+    """A causal LM and its tokenizer from local folders, in eval mode (see :mod:`sedsft.models`)."""
+    return load_local_model(
+        path, tokenizer_path=tokenizer_path, dtype=dtype, device=None if device == "auto" else device
+    )

@@ -82,10 +82,9 @@ def _evaluate_model(args) -> int:
     from sedsft.eval.benchmarks import load, parse_names
     from sedsft.eval.generation import backend_from_args
     from sedsft.eval.protocol import resolve_sampling
+    from sedsft.models import check_local_model
 
-    model = Path(args.model)
-    if not (model / "config.json").is_file():
-        raise UserError(f"--model {model} is not a checkpoint folder (no config.json there)")
+    model = Path(check_local_model(args.model))  # before any output is written
     if not args.output_dir:
         raise UserError("--output_dir is required with --model (samples are saved there as they are made)")
     names = parse_names(args.benchmarks)

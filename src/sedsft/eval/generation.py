@@ -76,15 +76,12 @@ class HFBackend:
         batch_size: int = 8,
     ) -> HFBackend:
         """Load a local checkpoint (model + tokenizer); ``device`` defaults to CUDA when available."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from sedsft.models import load_local_model
 
-        if not Path(path).is_dir():
-            raise UserError(f"model path {path} is not a folder; pass a local checkpoint with config.json")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        return cls(model.to(device).eval(), tokenizer, batch_size=batch_size)
+        model, tokenizer = load_local_model(
+            path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+        return cls(model, tokenizer, batch_size=batch_size)
 
     def generate(self, prompts: list[str], cfg: SamplingConfig) -> list[list[Sample]]:
         import torch
@@ -239,8 +236,11 @@ def load_backend(
     are there; Transformers ``generate`` otherwise. Shared by ``sedsft eval`` and ``sedsft filter``."""
     import torch
 
+    from sedsft.models import check_local_model
+
     if backend not in ("auto", "hf", "vllm"):
         raise ValueError(f"backend must be auto, hf or vllm, got {backend!r}")
+    model = check_local_model(model)
     if backend == "vllm" or (backend == "auto" and vllm_available() and torch.cuda.is_available()):
         return VLLMBackend.from_pretrained(
             model, dtype=dtype, trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size

@@ -73,9 +73,7 @@ def load_backend(args):
     """The generation backend named by ``--backend`` for ``--model``."""
     from sedsft.eval.generation import backend_from_args
 
-    if not Path(args.model).is_dir():
-        raise UserError(f"--model {args.model} is not a folder; pass a local checkpoint")
-    return backend_from_args(args)
+    return backend_from_args(args)  # checks that --model is a local checkpoint folder
 
 
 def write_same_layout(records: list[dict], data_path: Path, out_dir: Path) -> Path:

@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from sedsft.errors import UserError
+from sedsft.models import check_local_model
 
 logger = logging.getLogger("sedsft.train")
 
@@ -38,23 +39,12 @@ def _parser():
     return Parser((SEDSFTConfig, ModelConfig), prog="sedsft sft", description=DESCRIPTION)
 
 
-def _check_local_model(path: str | None) -> str:
-    if not path:
-        raise UserError("--model_name_or_path is required: a local folder with config.json and the weights")
-    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(
-            f"--model_name_or_path {path!r} is not a local model folder (no config.json); sedsft sft does not "
-            "download from the hub: download it first (e.g. `hf download <repo> --local-dir <dir>`)"
-        )
-    return path
-
-
 def _load_model_and_tokenizer(model_args, args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import get_quantization_config
 
-    path = _check_local_model(model_args.model_name_or_path)
+    path = check_local_model(model_args.model_name_or_path, flag="--model_name_or_path")
     tokenizer = AutoTokenizer.from_pretrained(
         path, trust_remote_code=args.trust_remote_code, local_files_only=True
     )
