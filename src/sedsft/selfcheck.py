@@ -54,7 +54,9 @@ def run(*, device: str = "cpu", tol: float = 1e-9) -> list[dict]:
             for path in ("logits", "fused")
         }
         label = name + ("/" + opts["h"] if "h" in opts else "")
-        rows.append({"objective": label, "loss": float(results["naive"][0]), **diff, "ok": max(diff.values()) <= tol})
+        rows.append(
+            {"objective": label, "loss": float(results["naive"][0]), **diff, "ok": max(diff.values()) <= tol}
+        )
     return rows
 
 
