@@ -11,6 +11,7 @@ from .head import HeadInputs, check_fusable, fused_forward_loss, hidden_and_head
 from .logits import cross_entropy, dft, gem, objective_loss, sed, sed_nomask
 from .objectives import OBJECTIVES, Objective, TokenTerms, get_objective
 from .stats import BatchStats, LossOutput
+from .token_stats import TokenStats, token_stats
 
 __all__ = [
     "OBJECTIVES",
@@ -31,4 +32,6 @@ __all__ = [
     "objective_loss",
     "sed",
     "sed_nomask",
+    "TokenStats",
+    "token_stats",
 ]
