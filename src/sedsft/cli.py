@@ -1,14 +1,25 @@
 """The `sedsft` command: a thin dispatcher. Each sub-command lives with the code it drives.
 
 Every sub-command is a function ``main(argv: list[str]) -> int`` imported lazily, so ``sedsft --help``
-stays fast and a sub-command's heavy imports (TRL, vLLM) load only when it runs.
+stays fast and a sub-command's heavy imports (TRL, vLLM) load only when it runs. Sub-commands parse
+their options with :mod:`sedsft.cli_parse` and open their output folders with :mod:`sedsft.runs`.
+
+What the user sees when a command stops early:
+- a :class:`~sedsft.errors.UserError` (input to change): ``sedsft <command>: error: <message>``, one
+  line on stderr, exit status 2 (``SEDSFT_DEBUG=1`` shows its traceback too);
+- any other exception is a bug: Python's traceback, exit status 1;
+- Ctrl-C: one line, exit status 130; a second Ctrl-C while it winds down exits at once, quietly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+
+from sedsft.errors import UserError
 
 # name -> ("module", "one-line help")
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +36,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What Ctrl-C leaves behind: every command with an output folder resumes when rerun (sedsft.runs).
+RESUMES = "finished work is saved; rerun the same command to resume"
+INTERRUPTED = {"calibrate": "nothing was written", "selfcheck": "nothing was written"}
+
+
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: sedsft <command> [options]   (sedsft <command> --help for its options)", "", "commands:"]
@@ -33,6 +49,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    real_process = argv is None  # the console script, not a test calling main([...])
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -44,23 +61,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"sedsft: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"sedsft: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr
+        )
         return 2
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:
-        print(
-            "sedsft: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr
-        )
+        if real_process:
+            _quiet_interrupts()
+        print(f"sedsft {name}: interrupted; {INTERRUPTED.get(name, RESUMES)}", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError) as e:
-        # Bad input: one line that says what to change. SEDSFT_DEBUG=1 shows the traceback.
+    except UserError as e:
+        # Input the user must change: one line. Any other exception is a bug and keeps its traceback.
         if os.environ.get("SEDSFT_DEBUG"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"sedsft {name}: error: {msg}", file=sys.stderr)
+        print(f"sedsft {name}: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output went to `| head`, which stopped reading: not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- Python flushes stdout at exit
+        return 0
+
+
+def _quiet_interrupts() -> None:
+    """A second Ctrl-C while the process winds down (worker pools, atexit) exits without a traceback."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 
 if __name__ == "__main__":

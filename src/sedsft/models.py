@@ -1,7 +1,9 @@
 """Loading a causal LM and its tokenizer from a local folder: the one place every command does it.
 
 Nothing is fetched from a model hub (``local_files_only``), ``trust_remote_code`` stays off unless the
-user asks, and a path that is not a checkpoint folder gets one line saying what to do.
+user asks, and a folder that is not a checkpoint, has no tokenizer, or names a device this machine
+does not have gets one line saying what to change. ``sedsft sft`` loads through here too (attention
+implementation, k-bit quantization, a chat template file), leaving the model where the Trainer places it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,16 @@ import os
 from sedsft.errors import UserError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Any of these in a folder means a tokenizer was saved there (fast, sentencepiece, BPE or WordPiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 
 
 def check_local_model(path: str | os.PathLike | None, *, flag: str = "--model") -> str:
@@ -25,6 +37,19 @@ def check_local_model(path: str | os.PathLike | None, *, flag: str = "--model") 
         )
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise UserError(f"{flag} {path} is not a checkpoint folder (no config.json there)")
+    return path
+
+
+def check_tokenizer_folder(path: str | os.PathLike, *, flag: str = "--model") -> str:
+    """``path`` if it holds a saved tokenizer; else a UserError saying where to get one."""
+    path = str(path)
+    if not os.path.isdir(path):
+        raise UserError(f"{flag} folder not found: {path}")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise UserError(
+            f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...); save it there with "
+            "tokenizer.save_pretrained(...) or pass --tokenizer FOLDER"
+        )
     return path
 
 
@@ -43,25 +68,86 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | None, *, flag: str = "--device") -> str | None:
+    """``device`` if this machine has it (None or "auto": the default device, chosen at load time)."""
+    if device is None or device == "auto":
+        return None
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{flag} {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no GPU visible"
+            raise UserError(f"{flag} {device}: this machine has no CUDA device ({build}); use --device cpu")
+        count = torch.cuda.device_count()
+        if d.index is not None and d.index >= count:
+            raise UserError(
+                f"{flag} {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}; pick one"
+            )
+    elif d.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UserError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+    elif d.type != "cpu":
+        raise UserError(f"{flag} {device!r}: sedsft runs on cpu, cuda or mps")
+    return device
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_local_model(
     path: str | os.PathLike,
     *,
     tokenizer_path: str | os.PathLike | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    place: bool = True,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    quantization_config=None,
+    device_map=None,
+    chat_template_path: str | os.PathLike | None = None,
     flag: str = "--model",
 ):
-    """(model, tokenizer) from local folders, the model in eval mode on ``device`` (CUDA when there)."""
+    """(model, tokenizer) from local folders.
+
+    With ``place`` (inference: calibrate, analyze, eval, filter) the model is moved to ``device`` (CUDA
+    when there) in eval mode; without it (training) it stays where ``from_pretrained`` put it, for the
+    Trainer to place. ``chat_template_path``: a Jinja file that replaces the tokenizer's chat template.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = check_local_model(path, flag=flag)
-    if tokenizer_path is not None and not os.path.isdir(tokenizer_path):
-        raise UserError(f"--tokenizer folder not found: {tokenizer_path}")
-    tokenizer = AutoTokenizer.from_pretrained(
-        str(tokenizer_path or path), trust_remote_code=trust_remote_code, local_files_only=True
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, local_files_only=True
-    )
+    device = check_device(device)
+    tok_dir = check_tokenizer_folder(tokenizer_path or path, flag="--tokenizer" if tokenizer_path else flag)
+    if chat_template_path is not None and not os.path.isfile(chat_template_path):
+        raise UserError(f"--chat_template_path {chat_template_path} is not a file; pass a local .jinja file")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            tok_dir, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError) as e:  # unreadable or incomplete tokenizer files in the user's folder
+        raise UserError(f"cannot load the tokenizer in {tok_dir}: {_first_line(e)}") from e
+    if chat_template_path is not None:
+        with open(chat_template_path, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+            attn_implementation=attn_implementation,
+            quantization_config=quantization_config,
+            device_map=device_map,
+        )
+    except (OSError, ValueError) as e:  # missing weights, an unknown model type, a bad option for this model
+        raise UserError(f"cannot load the model in {path}: {_first_line(e)}") from e
+    if not place:
+        return model, tokenizer
     return model.to(device or default_device()).eval(), tokenizer

@@ -1,0 +1,133 @@
+"""sedsft.runs: the same run resumes, another is refused naming what differs, nothing is mixed."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import pytest
+
+from sedsft.errors import UserError
+from sedsft.runs import MANIFEST, RunSpec, fingerprint, open_run, settings_of
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    (model / "weights.bin").write_bytes(b"\0" * 100)
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"q": 1}\n')
+    return model, data
+
+
+def spec(model, data, **settings):
+    return RunSpec("eval", settings={"temperature": 0.7, **settings}, inputs={"model": model, "data": data})
+
+
+def test_new_then_resume_then_finished(tmp_path, inputs):
+    out = tmp_path / "out"
+    run = open_run(out, spec(*inputs))
+    assert not run.resumed and not run.finished and (out / MANIFEST).is_file()
+    (out / "samples.jsonl").write_text("{}\n")
+    run = open_run(out, spec(*inputs))
+    assert run.resumed and not run.finished
+    run.mark_finished()
+    assert open_run(out, spec(*inputs)).finished
+
+
+def test_other_settings_or_inputs_are_refused_naming_the_difference(tmp_path, inputs):
+    model, data = inputs
+    out = tmp_path / "out"
+    open_run(out, spec(model, data))
+    with pytest.raises(UserError, match=r"holds another run \(temperature 0.7 -> 1.0\).*--overwrite"):
+        open_run(out, spec(model, data, temperature=1.0))
+    with pytest.raises(UserError, match=r"made by `sedsft eval`, not `sedsft filter`"):
+        open_run(out, RunSpec("filter", settings={"temperature": 0.7}, inputs={"model": model, "data": data}))
+    (model / "config.json").write_text('{"a": 2}')
+    with pytest.raises(UserError, match=r"model .*model changed \(config.json\)"):
+        open_run(out, spec(model, data))
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"q": 2}\n')
+    with pytest.raises(UserError, match=r"data .*data.jsonl -> .*other.jsonl"):
+        open_run(out, spec(model, other))
+
+
+def test_overwrite_starts_clean(tmp_path, inputs):
+    model, data = inputs
+    out = tmp_path / "out"
+    open_run(out, spec(model, data))
+    (out / "validation.parquet").write_text("old")
+    (out / "checkpoint-2").mkdir()
+    run = open_run(out, spec(model, data, temperature=1.0), overwrite=True)
+    assert not run.resumed and sorted(p.name for p in out.iterdir()) == [MANIFEST]
+    assert json.loads((out / MANIFEST).read_text())["settings"]["temperature"] == 1.0
+
+
+def test_a_folder_of_someone_else_is_never_used_or_deleted(tmp_path, inputs):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=r"is not empty \(thesis.tex, ...\) and holds no sedsft run"):
+            open_run(out, spec(*inputs), overwrite=overwrite)
+    assert (out / "thesis.tex").read_text() == "precious"
+    empty = tmp_path / "empty"
+    (empty / ".hidden_cache").mkdir(parents=True)
+    assert not open_run(empty, spec(*inputs)).resumed  # hidden entries do not count
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        open_run(a_file, spec(*inputs))
+
+
+def test_same_content_elsewhere_resumes(tmp_path, inputs):
+    model, data = inputs
+    out = tmp_path / "out"
+    open_run(out, spec(model, data))
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(data.read_bytes())
+    assert open_run(out, spec(model, copy)).resumed
+
+
+def test_fingerprint_definition(tmp_path, inputs, monkeypatch):
+    import hashlib
+
+    model, data = inputs
+    assert fingerprint(data)["fingerprint"] == "sha256:" + hashlib.sha256(data.read_bytes()).hexdigest()
+    assert fingerprint(tmp_path / "nope")["fingerprint"] == "missing"
+    monkeypatch.setattr("sedsft.runs.SMALL_FILE", 10)  # weights.bin (100 bytes) is now "large"
+    entry = fingerprint(model)
+    st = os.stat(model / "weights.bin")
+    assert entry["files"]["weights.bin"] == f"size=100,mtime_ns={st.st_mtime_ns}"
+    lines = "".join(f"{k} {v}\n" for k, v in sorted(entry["files"].items()))
+    assert entry["fingerprint"] == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    (model / ".cache").mkdir()
+    (model / ".cache" / "x").write_text("ignored")
+    assert fingerprint(model)["fingerprint"] == entry["fingerprint"]
+    inner = model / "eval_out"
+    inner.mkdir()
+    (inner / "samples.jsonl").write_text("{}\n")
+    assert fingerprint(model, exclude=inner)["fingerprint"] == entry["fingerprint"]
+
+
+def test_settings_leave_out_what_does_not_change_results():
+    @dataclass
+    class C:
+        n: int = 8
+        progress: bool = field(default=True, metadata={"manifest": False})
+        names: tuple = ("a", "b")
+
+    assert settings_of(C(), exclude={"nothing"}) == {"n": 8, "names": ["a", "b"]}
+
+
+def test_other_processes_only_check(tmp_path, inputs):
+    out = tmp_path / "out"
+    with pytest.raises(UserError):
+        open_run(out, spec(*inputs), main_process=False)
+    open_run(out, spec(*inputs))
+    run = open_run(out, spec(*inputs), main_process=False)
+    run.mark_finished()  # writes nothing from a non-main process
+    assert not json.loads((out / MANIFEST).read_text())["state"]["finished"]
