@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .logits import accumulation_dtype, check_labels, denominator, shift_and_keep
+from .logits import accumulation_dtype, check_labels, denominator, shift_and_keep, summarize
 from .objectives import GEM_WEIGHTS, Objective, TokenTerms, get_objective
 from .stats import BatchStats, LossOutput
 
@@ -132,7 +132,7 @@ def _chunk(h, weight, bias, y, plan: _Plan, inv_denom: Tensor, buf: Tensor, cbuf
     if plan.want_stats:
         entropy = sumexp.log() - ez / sumexp  # H = log s - sum_v e_v z'_v / s, with z' = z - max
         measured = TokenTerms(gold, lse, topk_mass, weighted, weight_sum)
-        stats = _stats(obj, opts, measured, entropy, gold >= zmax)
+        stats = summarize(obj, opts, measured, entropy, gold >= zmax)
 
     # G = g_lse * P + g_w * c + g_gold * onehot(y), scaled by 1 / denominator, built in the P buffer
     grad_logits = probs
@@ -145,20 +145,6 @@ def _chunk(h, weight, bias, y, plan: _Plan, inv_denom: Tensor, buf: Tensor, cbuf
     if g_gold is not None:
         grad_logits[torch.arange(y.numel(), device=y.device), y] += g_gold * inv_denom
     return per_token.detach().sum(), stats, grad_logits
-
-
-def _stats(obj: Objective, opts, terms: TokenTerms, entropy: Tensor, correct: Tensor) -> BatchStats:
-    f64 = torch.float64
-    zero = torch.zeros((), dtype=f64, device=terms.lse.device)
-    return BatchStats(
-        tokens=torch.tensor(float(terms.lse.numel()), dtype=f64, device=terms.lse.device),
-        masked=obj.mask(terms, opts).sum().to(f64) if obj.mask else zero,
-        penalty=obj.penalty(terms, opts).sum().to(f64) if obj.penalty else zero,
-        prob=terms.logp.exp().sum().to(f64),
-        entropy=entropy.sum().to(f64),
-        topk_mass=terms.topk_mass.sum().to(f64),
-        correct=correct.sum().to(f64),
-    )
 
 
 class _FusedLinearObjective(torch.autograd.Function):

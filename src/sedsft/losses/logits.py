@@ -67,20 +67,22 @@ def token_terms(z: Tensor, y: Tensor, *, top_k: int, gem=None) -> tuple[TokenTer
 
 
 def summarize(objective, options, terms: TokenTerms, entropy: Tensor, correct: Tensor) -> BatchStats:
-    """The batch's statistic sums (no gradient)."""
+    """The batch's statistic sums (no gradient); the fused engine uses the same routine per chunk."""
     with torch.no_grad():
         f64 = torch.float64
         zero = torch.zeros((), dtype=f64, device=terms.lse.device)
-        mask = objective.mask(terms, options).sum().to(f64) if objective.mask else zero
-        penalty = objective.penalty(terms, options).sum().to(f64) if objective.penalty else zero
+        mask = objective.mask(terms, options) if objective.mask else None
+        weight = objective.weight(terms, options) if objective.weight and mask is not None else None
         return BatchStats(
             tokens=torch.tensor(float(terms.lse.numel()), dtype=f64, device=terms.lse.device),
-            masked=mask,
-            penalty=penalty,
+            masked=mask.sum().to(f64) if mask is not None else zero,
+            penalty=objective.penalty(terms, options).sum().to(f64) if objective.penalty else zero,
             prob=terms.logp.exp().sum().to(f64),
             entropy=entropy.sum().to(f64),
             topk_mass=terms.topk_mass.sum().to(f64),
             correct=correct.sum().to(f64),
+            masked_weight=(mask * weight).sum().to(f64) if weight is not None else zero,
+            masked_negative=(mask * (weight < 0)).sum().to(f64) if weight is not None else zero,
         )
 
 

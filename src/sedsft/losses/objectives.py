@@ -137,6 +137,23 @@ def sed_loss(t: TokenTerms, o: SEDOptions) -> Tensor:
     return -t.logp + sed_penalty(t, o)
 
 
+# ---- effective gradient weights: d loss / d z = w_t * (softmax(z) - onehot(y)) where such a w_t exists ----
+
+
+def ce_weight(t: TokenTerms, o: CEOptions) -> Tensor:
+    return torch.ones_like(t.lse)
+
+
+def dft_weight(t: TokenTerms, o: DFTOptions) -> Tensor:
+    return t.logp.exp().detach()
+
+
+def sed_weight(t: TokenTerms, o: SEDOptions) -> Tensor:
+    """w = 1 - 2 lam M p (p - 1/2): below 0 (the update lowers p) only where lam > 1 and p > p*(lam)."""
+    p = t.logp.exp().detach()
+    return 1 - 2 * o.lam * sed_mask(t, o) * p * (p - 0.5)
+
+
 def gem_loss(t: TokenTerms, o: GEMOptions) -> Tensor:
     # -sum_v c_v (log p - log pi_v) = -sum_v c_v (z_y - z_v): the log-partition cancels.
     return t.weighted - t.weight_sum * t.gold
@@ -154,6 +171,8 @@ class Objective:
     description: str = ""
     mask: Callable[[TokenTerms, object], Tensor] | None = None  # M_t, logged as the mask rate
     penalty: Callable[[TokenTerms, object], Tensor] | None = None  # the extra term, logged as de_penalty
+    # w_t with d loss / d z = w_t (softmax(z) - onehot(y)); None where the gradient is no multiple of CE's (GEM)
+    weight: Callable[[TokenTerms, object], Tensor] | None = None
 
     def options(self, **kwargs):
         """Validated options; unknown names fail with the list of known ones."""
@@ -173,8 +192,10 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
     for o in [
-        Objective("ce", ce_loss, CEOptions, description="cross-entropy (standard SFT)"),
-        Objective("dft", dft_loss, DFTOptions, description="dynamic fine-tuning: -sg(p) log p"),
+        Objective("ce", ce_loss, CEOptions, description="cross-entropy (standard SFT)", weight=ce_weight),
+        Objective(
+            "dft", dft_loss, DFTOptions, description="dynamic fine-tuning: -sg(p) log p", weight=dft_weight
+        ),
         Objective("gem", gem_loss, GEMOptions, description="GEM entropic distribution matching"),
         Objective(
             "sed",
@@ -183,6 +204,7 @@ OBJECTIVES: dict[str, Objective] = {
             description="SED-SFT: CE + lam*M*(p-1/2)^2 where P_topk < tau",
             mask=sed_mask,
             penalty=sed_penalty,
+            weight=sed_weight,
         ),
         Objective(
             "sed_nomask",
@@ -192,6 +214,7 @@ OBJECTIVES: dict[str, Objective] = {
             description="SED-SFT without the mask (M = 1 everywhere)",
             mask=sed_mask,
             penalty=sed_penalty,
+            weight=sed_weight,
         ),
     ]
 }

@@ -22,6 +22,8 @@ class BatchStats:
     entropy: Tensor  # sum of the next-token entropy (nats)
     topk_mass: Tensor  # sum of P_topk
     correct: Tensor  # positions whose argmax is the gold token
+    masked_weight: Tensor  # sum of the gradient weight w_t over the positions with M_t = 1
+    masked_negative: Tensor  # positions with M_t = 1 and w_t < 0 (the update lowers p there)
 
     @classmethod
     def zeros(cls, device=None) -> BatchStats:
@@ -39,9 +41,10 @@ class BatchStats:
         return cls(**{f.name: t[i] for i, f in enumerate(fields(cls))})
 
     def means(self) -> dict[str, float]:
-        """Per-token means for logging: mask_rate, de_penalty, gold_prob, entropy, topk_mass, top1_acc."""
+        """Per-token means for logging: mask_rate, de_penalty, gold_prob, entropy, topk_mass, top1_acc;
+        where some position was penalised also mask_weight (mean w_t there) and mask_neg_rate (share with w_t < 0)."""
         n = max(float(self.tokens), 1.0)
-        return {
+        out = {
             "mask_rate": float(self.masked) / n,
             "de_penalty": float(self.penalty) / n,
             "gold_prob": float(self.prob) / n,
@@ -49,6 +52,10 @@ class BatchStats:
             "topk_mass": float(self.topk_mass) / n,
             "top1_acc": float(self.correct) / n,
         }
+        if float(self.masked) > 0:
+            out["mask_weight"] = float(self.masked_weight) / float(self.masked)
+            out["mask_neg_rate"] = float(self.masked_negative) / float(self.masked)
+        return out
 
 
 @dataclass

@@ -301,7 +301,7 @@ class SEDSFTTrainer(SFTTrainer):
         # As Trainer.compute_loss: num_items_in_batch counts all processes' tokens and DDP averages gradients.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        sums = out.stats.as_tensor().detach()  # [7] float64 sums
+        sums = out.stats.as_tensor().detach()  # [9] float64 sums
         self._stat_sums[mode] = sums if self._stat_sums[mode] is None else self._stat_sums[mode] + sums
         if mode == "train":  # TRL's running token count, gathered the way SFTTrainer does it
             n = self.accelerator.gather_for_metrics(batch["attention_mask"].sum()).sum().item()
