@@ -145,7 +145,9 @@ def write_weights(
         star = stationary_point(float(lam))
         if star is not None:
             ax.plot([star], [0.0], "k.", markersize=8)
-            ax.annotate(f"p*={star:.2f}", (star, 0.0), textcoords="offset points", xytext=(-10, 6), fontsize=7)
+            ax.annotate(
+                f"p*={star:.2f}", (star, 0.0), textcoords="offset points", xytext=(-10, 6), fontsize=7
+            )
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("gold-token probability p")
     ax.set_ylabel("w: share of CE's logit gradient")
