@@ -7,7 +7,6 @@ differences per objective and exits non-zero if any exceeds the tolerance.
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
@@ -21,12 +20,6 @@ CASES = [
     ("sed", {"tau": 0.4}),
     ("sed_nomask", {}),
 ]
-
-
-def _naive(name, logits, labels, opts):
-    if name == "sed_nomask":
-        return naive.sed(logits, labels, tau=math.inf, **opts)
-    return naive.NAIVE[name](logits, labels, **opts)
 
 
 def run(*, device: str = "cpu", tol: float = 1e-9) -> list[dict]:
@@ -47,7 +40,7 @@ def run(*, device: str = "cpu", tol: float = 1e-9) -> list[dict]:
             elif path == "logits":
                 loss = objective_loss(name, h @ w.T, labels, **opts)
             else:
-                loss = _naive(name, h @ w.T, labels, opts)
+                loss = naive.NAIVE[name](h @ w.T, labels, **opts)
             results[path] = (loss.detach(), *torch.autograd.grad(loss, [h, w]))
         diff = {
             path: max(float((a - b).abs().max()) for a, b in zip(results[path], results["naive"]))

@@ -75,10 +75,7 @@ def test_bf16_no_worse_than_naive_bf16(case):
     def naive_bf16(h, w, bb):  # the logits in bf16 through the bf16 reference formulas
         from sedsft.losses import naive
 
-        z = h @ w.T + bb
-        if name == "sed_nomask":
-            return naive.sed(z, labels, tau=float("inf"), **opts)
-        return naive.NAIVE[name](z, labels, **opts)
+        return naive.NAIVE[name](h @ w.T + bb, labels, **opts)
 
     nai = grads(naive_bf16, hidden, weight, b)
     got = grads(fused_path(name, labels, chunk_size=7, **opts), hidden, weight, b)  # >2 token and vocab tiles
@@ -109,18 +106,36 @@ def test_stats_match_logits_path():
 
 
 class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op creates."""
+    """Records the number of elements of every tensor an op creates (views and in-place results excluded)."""
 
     def __init__(self):
         super().__init__()
-        self.largest = 0
+        self.sizes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        seen = {a.untyped_storage().data_ptr() for a in _tensors(args, kwargs)}
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                self.sizes.append(t.numel())
         return out
+
+    @property
+    def largest(self) -> int:
+        return max(self.sizes, default=0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+
+def _tensors(args, kwargs):
+    flat = list(args) + list((kwargs or {}).values())
+    for a in flat:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (x for x in a if isinstance(x, torch.Tensor))
 
 
 @pytest.mark.parametrize("case", OBJECTIVE_CASES, ids=case_id)
@@ -178,3 +193,29 @@ def test_scaled_loss_scales_gradients():
     )
     for a, c in zip(once, thrice):
         torch.testing.assert_close(3.0 * a, c)
+
+
+def _allocated(name, opts, *, train_hidden, train_weight, **kw):
+    """Elements of every tensor created by one forward + backward, and the shapes involved."""
+    B, T, d, V = 2, 40, 48, 300
+    hidden, weight, b, labels = make_inputs(B, T, d, V, dtype=torch.float32, ignore_frac=0.0)
+    hidden.requires_grad_(train_hidden)
+    weight.requires_grad_(train_weight)
+    with LargestTensor() as mode:
+        loss = losses.fused_linear(hidden, weight, labels, objective=name, chunk_size=16, **opts, **kw)
+        loss.backward()
+    assert (hidden.grad is not None) == train_hidden and (weight.grad is not None) == train_weight
+    return mode, B * (T - 1) * d, V * d
+
+
+@pytest.mark.parametrize("case", [OBJECTIVE_CASES[0], OBJECTIVE_CASES[3], OBJECTIVE_CASES[4]], ids=case_id)
+def test_frozen_inputs_allocate_no_gradient(case):
+    """A frozen head (LoRA) creates no [V, d] tensor; a frozen hidden state no [N, d] gradient: measured."""
+    name, opts = case
+    both, n_d, v_d = _allocated(name, opts, train_hidden=True, train_weight=True)
+    frozen_w, _, _ = _allocated(name, opts, train_hidden=True, train_weight=False)
+    frozen_h, _, _ = _allocated(name, opts, train_hidden=False, train_weight=True)
+    assert both.largest >= v_d  # the weight gradient is there when it is needed ...
+    assert frozen_w.largest < v_d  # ... and nothing of its size otherwise
+    assert frozen_w.total <= both.total - v_d
+    assert frozen_h.total <= both.total - n_d

@@ -24,10 +24,11 @@ def shift_and_keep(labels: Tensor, *, ignore_index: int) -> tuple[Tensor, Tensor
 
 
 def check_labels(y: Tensor, vocab_size: int, *, ignore_index: int) -> None:
-    if y.numel() and (bool((y < 0).any()) or bool((y >= vocab_size).any())):
-        bad = y[(y < 0) | (y >= vocab_size)][0].item()
+    bad = (y < 0) | (y >= vocab_size)  # [N]
+    if y.numel() and bool(bad.any()):  # the one host sync of the check
         raise ValueError(
-            f"label {bad} is outside the vocabulary [0, {vocab_size}); fix the labels or mark them {ignore_index}"
+            f"label {y[bad][0].item()} is outside the vocabulary [0, {vocab_size}); fix the labels or mark them "
+            f"{ignore_index}"
         )
 
 
@@ -39,9 +40,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def denominator(num_items_in_batch, kept_count: int, device, dtype=torch.float32) -> Tensor:
     """The one divisor: num_items_in_batch when given (HF gradient accumulation), else the kept count."""
     if num_items_in_batch is None:
-        return torch.tensor(float(max(kept_count, 1)), dtype=dtype, device=device)
-    d = torch.as_tensor(num_items_in_batch, device=device).to(dtype)
-    return d.clamp(min=1.0)
+        return torch.full(
+            (), max(kept_count, 1), dtype=dtype, device=device
+        )  # a fill: no host-to-device copy
+    if not isinstance(num_items_in_batch, Tensor):
+        return torch.full((), max(float(num_items_in_batch), 1.0), dtype=dtype, device=device)
+    return num_items_in_batch.to(device=device, dtype=dtype).clamp(min=1.0)
 
 
 def token_terms(z: Tensor, y: Tensor, *, top_k: int, gem=None) -> tuple[TokenTerms, Tensor, Tensor]:
@@ -74,7 +78,7 @@ def summarize(objective, options, terms: TokenTerms, entropy: Tensor, correct: T
         mask = objective.mask(terms, options) if objective.mask else None
         weight = objective.weight(terms, options) if objective.weight and mask is not None else None
         return BatchStats(
-            tokens=torch.tensor(float(terms.lse.numel()), dtype=f64, device=terms.lse.device),
+            tokens=torch.full((), terms.lse.numel(), dtype=f64, device=terms.lse.device),  # no host copy
             masked=mask.sum().to(f64) if mask is not None else zero,
             penalty=objective.penalty(terms, options).sum().to(f64) if objective.penalty else zero,
             prob=terms.logp.exp().sum().to(f64),

@@ -43,6 +43,13 @@ def sed(logits, labels, *, tau, top_k=2, lam=1.0, num_items_in_batch=None, ignor
     return _reduce(-torch.log(p) + lam * mask * (p - 0.5) ** 2, num_items_in_batch)
 
 
+def sed_nomask(logits, labels, *, top_k=2, lam=1.0, num_items_in_batch=None, ignore_index=-100):
+    """SED-SFT without the mask, written out: the penalty at every token (``top_k`` is only logged elsewhere)."""
+    z, y = _flatten(logits, labels, ignore_index)
+    p = F.softmax(z, dim=-1).gather(1, y[:, None]).squeeze(1)
+    return _reduce(-torch.log(p) + lam * (p - 0.5) ** 2, num_items_in_batch)
+
+
 def gem(logits, labels, *, beta=0.7, h="linear", num_items_in_batch=None, ignore_index=-100):
     """GEM as its authors write it: -sum_v q_v w_v (log p - log pi_v), q and w without gradient."""
     z, y = _flatten(logits, labels, ignore_index)
@@ -70,4 +77,4 @@ def sed_authors_style(z, y, *, tau, top_k=2, lam=1.0):
     return (nll + lam * mask * (p - 0.5) ** 2).mean()
 
 
-NAIVE = {"ce": ce, "dft": dft, "gem": gem, "sed": sed}
+NAIVE = {"ce": ce, "dft": dft, "gem": gem, "sed": sed, "sed_nomask": sed_nomask}

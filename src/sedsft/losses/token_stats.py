@@ -1,8 +1,9 @@
 """Per-position statistics of the next-token distribution, without gradient: the one statistics routine.
 
 Calibration (tau), ``sedsft analyze topk`` / ``heatmap`` and any other measurement of a model read P_topk,
-the gold probability and the entropy from :func:`token_stats`, which streams the LM head in token chunks
-and never holds ``[N, V]`` logits beyond one chunk.
+the gold probability and the entropy from :func:`token_stats`. It runs on the fused engine's forward:
+the torch path's chunk routine (:mod:`.chunk`, reused ``[n, V]`` buffers) or the Triton forward kernel
+(no ``[N, V]`` logits at all), the same code that gives ``fused_linear(..., return_stats=True)`` its numbers.
 
     stats = token_stats(hidden_rows, lm_head.weight, targets, top_k=10)   # rows [N, d], targets [N]
     stats.topk_mass(2)        # [N] P_top2
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-_CHUNK_ROWS = 256  # rows of [n, V] fp32 logits alive at a time on the torch path
+from .chunk import logits_into, softmax_in_place, top_and_gold
+from .fused import auto_chunk_size, resolve_impl
+from .logits import accumulation_dtype
 
 
 @dataclass
@@ -76,35 +79,69 @@ def token_stats(
     bias: Tensor | None = None,
     top_k: int = 2,
     chunk_size: int | None = None,
+    impl: str = "auto",
 ) -> TokenStats:
     """Statistics of ``softmax(hidden @ weight.T + bias)`` at each row of ``hidden`` [N, d].
 
-    ``weight=None`` means ``hidden`` already holds logits ``[N, V]`` (a head the engine cannot reproduce).
-    ``targets`` [N] (optional) gives the gold probability. ``top_k`` larger than the vocabulary is clipped.
+    ``weight=None`` means ``hidden`` already holds logits ``[N, V]`` (a head the engine cannot reproduce;
+    always the torch path). ``targets`` [N] (optional) gives the gold probability. ``top_k`` larger than the
+    vocabulary is clipped. ``impl`` and ``chunk_size`` (torch path: rows per chunk) as in ``fused_linear``.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be [N, d] rows, got shape {tuple(hidden.shape)}")
+    if weight is not None and (weight.dim() != 2 or weight.shape[1] != hidden.shape[1]):
+        raise ValueError(f"weight must be [V, {hidden.shape[1]}], got {tuple(weight.shape)}")
     if targets is not None and targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets must be [{hidden.shape[0]}], got {tuple(targets.shape)}")
     vocab = hidden.shape[1] if weight is None else weight.shape[0]
+    if bias is not None and bias.shape != (vocab,):
+        raise ValueError(f"bias must be [{vocab}], got {tuple(bias.shape)}")
     k = min(top_k, vocab)
-    rows = chunk_size or _CHUNK_ROWS
-    parts = []
-    for start in range(0, hidden.shape[0], rows):
-        h = hidden[start : start + rows]
-        z = h if weight is None else h @ weight.T  # [n, V]
-        if bias is not None:
-            z = z + bias
-        z = z.float()
-        lse = z.logsumexp(-1)  # [n]
-        top = z.topk(k, dim=-1)  # [n, k] sorted, descending
-        logp_all = z - lse[:, None]  # [n, V]
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
-        logp = None
-        if targets is not None:
-            t = targets[start : start + rows]
-            logp = logp_all.gather(1, t[:, None]).squeeze(1)  # [n]
-        parts.append(TokenStats(top.values - lse[:, None], top.indices, entropy, logp))
-    return TokenStats.cat(parts, top_k=k)
+    if weight is not None and hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
+    chosen = resolve_impl(impl, hidden.device, hidden.dtype, top_k=k)
+    if chosen == "triton" and weight is None:
+        if impl == "triton":
+            raise ValueError("impl='triton' needs the head weight; rows that are logits take impl='torch'")
+        chosen = "torch"
+    if chosen == "triton":
+        from .triton_engine import forward_stats
+
+        s = forward_stats(hidden, weight, bias, targets, top_k=k, ids=True, entropy=True)
+        logp = s.gold - s.lse if targets is not None else None
+        return TokenStats(s.top_values - s.lse[:, None], s.top_ids, s.entropy, logp)
+    return _torch_token_stats(hidden, weight, targets, bias=bias, k=k, chunk_size=chunk_size)
+
+
+def _torch_token_stats(hidden, weight, targets, *, bias, k: int, chunk_size: int | None) -> TokenStats:
+    n_rows = hidden.shape[0]
+    vocab = hidden.shape[1] if weight is None else weight.shape[0]
+    acc = accumulation_dtype(hidden.dtype)
+    rows = max(1, min(chunk_size or auto_chunk_size(n_rows, vocab, device=hidden.device), max(n_rows, 1)))
+    zbuf = torch.empty(rows, vocab, dtype=acc, device=hidden.device)  # the reused [n, V] buffers
+    ebuf = torch.empty_like(zbuf)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    top_logp = torch.empty(n_rows, k, **f32)  # [N, k]
+    top_ids = torch.empty(n_rows, k, dtype=torch.long, device=hidden.device)
+    entropy = torch.empty(n_rows, **f32)
+    logp = torch.empty(n_rows, **f32) if targets is not None else None
+    for start in range(0, n_rows, rows):
+        sl = slice(start, start + rows)
+        h = hidden[sl]
+        n = h.shape[0]
+        if weight is None:  # the rows are logits already
+            z = zbuf[:n].copy_(h)
+            if bias is not None:
+                z += bias
+        else:
+            z = logits_into(zbuf[:n], h, weight, bias)  # [n, V]
+        top = top_and_gold(z, targets[sl] if targets is not None else None, top_k=k, ids=True)
+        _, soft = softmax_in_place(z, top.max, entropy_out=ebuf[:n])
+        top_logp[sl] = top.values - soft.lse[:, None]
+        top_ids[sl] = top.ids
+        entropy[sl] = soft.entropy
+        if logp is not None:
+            logp[sl] = top.gold - soft.lse
+    return TokenStats(top_logp, top_ids, entropy, logp)

@@ -15,7 +15,7 @@ from trl import SFTConfig
 from sedsft.calibrate import POSITIONS
 from sedsft.data import OVERFLOW
 from sedsft.errors import UserError
-from sedsft.losses import OBJECTIVES, get_objective
+from sedsft.losses import IMPLS, OBJECTIVES, get_objective
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 LOSS_IMPLS = ("auto", "fused", "logits")
@@ -67,6 +67,14 @@ class SEDSFTConfig(SFTConfig):
             "help": "fused: loss owns the LM head, never builds [tokens, vocab] logits; logits: the model's own "
             "logits; auto: fused where possible, else logits with a warning (ZeRO-3, FSDP, soft-capped heads)",
             "choices": list(LOSS_IMPLS),
+        },
+    )
+    fused_impl: str = field(
+        default="auto",
+        metadata={
+            "help": "implementation of the fused engine: auto (Triton kernels on CUDA, torch elsewhere), "
+            "triton or torch",
+            "choices": list(IMPLS),
         },
     )
     calibration_examples: int = field(
@@ -124,6 +132,8 @@ class SEDSFTConfig(SFTConfig):
             raise UserError(f"--tau must be a finite number >= 0 (or unset to calibrate), got {self.tau}")
         if self.loss_impl not in LOSS_IMPLS:
             raise UserError(f"--loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
+        if self.fused_impl not in IMPLS:
+            raise UserError(f"--fused_impl must be one of {IMPLS}, got {self.fused_impl!r}")
         if self.calibration_positions not in POSITIONS:
             raise UserError(
                 f"--calibration_positions must be one of {POSITIONS}, got {self.calibration_positions!r}"

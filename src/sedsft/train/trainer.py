@@ -283,6 +283,7 @@ class SEDSFTTrainer(SFTTrainer):
                 objective=self.args.objective,
                 num_items_in_batch=num_items_in_batch,
                 return_stats=True,
+                impl=self.args.fused_impl,
                 **options,
             )
         else:
