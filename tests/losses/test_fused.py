@@ -113,8 +113,10 @@ class LargestTensor(TorchDispatchMode):
         self.sizes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        seen = {a.untyped_storage().data_ptr() for a in _tensors(args, kwargs)}
         out = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.set_:  # re-views an existing storage (Triton's interpreter)
+            return out
+        seen = {a.untyped_storage().data_ptr() for a in _tensors(args, kwargs)}
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
                 self.sizes.append(t.numel())

@@ -28,7 +28,7 @@ from .logits import accumulation_dtype, check_labels, denominator, shift_and_kee
 from .objectives import GEM_WEIGHTS, Objective, TokenTerms, get_objective
 from .stats import BatchStats, LossOutput
 
-IMPLS = ("auto", "torch")
+IMPLS = ("auto", "torch", "triton")
 _CPU_BUDGET_MB = 256  # torch path: work buffers per call on CPU; SEDSFT_FUSED_BUDGET_MB overrides
 _GPU_BUDGET_MB = 1024  # torch path on CUDA: fixed, so the chunk size does not follow free memory
 _GRAD_W_TILE_ROWS = 8192  # vocabulary rows per fp32 up-cast of a low-precision weight-gradient product
@@ -43,10 +43,19 @@ def auto_chunk_size(num_tokens: int, vocab_size: int, *, device: torch.device, b
 
 
 def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, *, top_k: int = 1) -> str:
-    """The implementation that runs for inputs on ``device`` in ``dtype`` (``"auto"``: the best available)."""
+    """``"torch"`` or ``"triton"`` for inputs on ``device`` in ``dtype``; ``"auto"`` picks Triton on CUDA."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return "torch"
+    if impl == "torch" or (impl == "auto" and device.type != "cuda"):
+        return "torch"
+    from . import triton_engine
+
+    why_not = triton_engine.unsupported(device, dtype, top_k=top_k)
+    if why_not is None:
+        return "triton"
+    if impl == "auto":
+        return "torch"
+    raise ValueError(f"impl='triton' cannot run here: {why_not}; use impl='torch' or 'auto'")
 
 
 # ---- the objective's coefficients, shared by both implementations -----------------------------------
