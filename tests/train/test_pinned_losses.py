@@ -46,6 +46,17 @@ def test_first_losses_are_pinned(tmp_path, tiny_ckpt, train_file, objective, los
         assert t.tau == pytest.approx(PINNED_TAU, rel=1e-5)
 
 
+def test_triton_engine_reproduces_the_pins(tmp_path, tiny_ckpt, train_file, monkeypatch):
+    """--fused_impl triton (Triton's interpreter on CPU; tests/conftest.py sets TRITON_INTERPRET=1)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    t = train(
+        tmp_path, tiny_ckpt, train_file, per_device=4, accum=1, steps=2, objective="sed", fused_impl="triton"
+    )
+    logged = [h["loss"] for h in t.state.log_history if "loss" in h]
+    assert logged == pytest.approx(PINNED["sed"][:2], abs=1e-4)
+
+
 def test_fused_impl_is_validated(tmp_path):
     with pytest.raises(UserError, match="--fused_impl must be one of"):
         SEDSFTConfig(
