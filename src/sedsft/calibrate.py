@@ -1,70 +1,290 @@
-"""tau calibration: the (1 - r)-quantile of P_topk over a data sample, scored by the initial model.
+"""tau calibration: the one loop that scores a data sample with the initial model and picks tau.
 
-SED-SFT penalises a position only when its top-k cumulative probability P_topk is below tau; with
-masking ratio r, tau is chosen so that the r most confident positions are masked out, i.e. tau is
-the (1 - r)-quantile of P_topk. sedsft computes it exactly: every position's P_topk is kept (4 bytes
-each: 10 million positions take 40 MB), and the quantile is numpy's default "linear" definition
-(``np.quantile(values, 1 - r)``), found by two order-statistic selections instead of a full sort. The
-``[tokens, vocab]`` logits are never held: the head is applied in token chunks.
+SED-SFT penalises a position only when its top-k mass P_topk is below tau; tau is read off the
+distribution of P_topk over a sample of the data, scored by the model before training. Everything that
+determines tau besides the model and the data is a :class:`CalibrationSpec`, saved with the value. Two
+presets (``--calibration_preset``) fill it:
 
-Differences from the authors' released code, on purpose: that code calibrates with k = 10 when k is
-not given but masks with k = 2, and scores prompt tokens too. Here one k serves both, and by default
-only positions that predict a label token are scored (``positions="all"`` scores every non-padding
-position, as the released code does).
+- ``paper`` (default): a seeded random sample of 1000 records, the positions that predict a label token,
+  the mask's own k, and tau = the exact (1 - r)-quantile with numpy's default linear interpolation.
+- ``authors``: the rule of the authors' released code (pppa2019/SED-SFT, ``compute_cumsum_threshold``):
+  the first 100 records in file order, each scored alone (no padding), every position of the sequence,
+  k = 10 whatever the mask's k, P_topk in the dtype of the model's logits, and the order statistic
+  ``sorted(values)[-int(r * n)]``.
+
+Each field can also be set on its own (``--calibration_examples``, ``--calibration_positions``,
+``--calibration_top_k``, ``--calibration_batch_size``, ``--calibration_max_tokens``). ``sedsft sft`` and
+``sedsft calibrate`` both call :func:`calibrate`, so the same data, model and options give the same tau.
+Every process of a distributed run scores whole batches of the one sample and gets the same value.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
+from .errors import UserError
 from .io import atomic_write_json, read_json
-from .losses.head import HeadInputs, hidden_and_head
+from .prompts import DEFAULT_SYSTEM_PROMPT
+from .scoring import POSITIONS, ScoredPositions, check_top_k, eval_mode, score_batch
 
 CALIBRATION_FILE = "sedsft_calibration.json"
-POSITIONS = ("labels", "all")
+DEFAULT_SEED = 42  # TrainingArguments' default seed: sedsft calibrate draws what sedsft sft draws
+SAMPLES = ("random", "first")  # a seeded random sample of records, or the first ones in file order
+STATISTICS = ("quantile", "order")  # numpy-linear (1 - r)-quantile, or the released code's order statistic
+_SUMMARY = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+# preset -> the spec fields it sets; top_k None means the mask's own k
+PRESETS: dict[str, dict] = {
+    "paper": dict(
+        examples=1000,
+        sample="random",
+        positions="labels",
+        top_k=None,
+        statistic="quantile",
+        batch_size=8,
+        round_to_logits=False,
+    ),
+    "authors": dict(
+        examples=100,
+        sample="first",
+        positions="all",
+        top_k=10,
+        statistic="order",
+        batch_size=1,
+        round_to_logits=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Everything besides the model and the data that determines tau; saved with it, a resume must match."""
+
+    top_k: int  # k of the P_topk that is scored
+    mask_ratio: float  # r: the share of scored positions that tau leaves unpenalised
+    preset: str = "paper"
+    examples: int = 1000  # records sampled
+    sample: str = "random"  # see SAMPLES
+    seed: int = DEFAULT_SEED
+    positions: str = "labels"  # see sedsft.scoring.POSITIONS
+    statistic: str = "quantile"  # see STATISTICS
+    batch_size: int = 8  # sequences per forward pass (part of the spec: padding can move the last float bits)
+    round_to_logits: bool = False  # P_topk rounded to the logits' dtype, as a softmax in that dtype gives it
+    max_tokens: int | None = None  # cap on scored positions, in sample order
+
+    def __post_init__(self):
+        object.__setattr__(self, "mask_ratio", check_mask_ratio(self.mask_ratio))
+        check_top_k(self.top_k, name="the calibration's top_k (--top_k or --calibration_top_k)")
+        for name, value, allowed in (
+            ("--calibration_preset", self.preset, tuple(PRESETS)),
+            ("--calibration_positions", self.positions, POSITIONS),
+            ("sample", self.sample, SAMPLES),
+            ("statistic", self.statistic, STATISTICS),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name} must be one of {allowed}, got {value!r}")
+        for name, value, optional in (
+            ("--calibration_examples", self.examples, False),
+            ("--calibration_batch_size", self.batch_size, False),
+            ("--calibration_max_tokens", self.max_tokens, True),
+        ):
+            if optional and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(
+                    f"{name} must be an integer >= 1{' or unset' if optional else ''}, got {value!r}"
+                )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UserError(f"--seed must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str = "paper",
+        *,
+        top_k: int,
+        mask_ratio: float,
+        seed: int = DEFAULT_SEED,
+        examples: int | None = None,
+        positions: str | None = None,
+        calibration_top_k: int | None = None,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+    ) -> CalibrationSpec:
+        """The preset's rule; each argument given (not None) replaces the preset's value. ``top_k``: the mask's k."""
+        if preset not in PRESETS:
+            raise UserError(f"--calibration_preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        rule = dict(PRESETS[preset])
+        rule["top_k"] = rule["top_k"] or top_k
+        given = dict(examples=examples, positions=positions, top_k=calibration_top_k, batch_size=batch_size)
+        rule.update({k: v for k, v in given.items() if v is not None})
+        return cls(preset=preset, mask_ratio=mask_ratio, seed=seed, max_tokens=max_tokens, **rule)
+
+
+@dataclass
+class CalibrationOptions:
+    """The calibration options of ``sedsft sft`` (:class:`~sedsft.train.SEDSFTConfig`) and ``sedsft calibrate``."""
+
+    mask_ratio: float = field(
+        default=0.7,
+        metadata={
+            "help": "SED-SFT: fraction r of scored positions left unpenalised; tau is chosen so that the "
+            "positions with P_topk >= tau make up that share"
+        },
+    )
+    calibration_preset: str = field(
+        default="paper",
+        metadata={
+            "help": "tau calibration rule: 'paper' (seeded random sample, label positions, the mask's k, linear "
+            "quantile) or 'authors' (the released code's: first 100 records, all positions, k = 10, order "
+            "statistic); see docs/objectives.md",
+            "choices": list(PRESETS),
+        },
+    )
+    calibration_examples: int | None = field(
+        default=None,
+        metadata={"help": "tau calibration: records scored; unset = the preset's (paper 1000, authors 100)"},
+    )
+    calibration_positions: str | None = field(
+        default=None,
+        metadata={
+            "help": "tau calibration: 'labels' scores positions that predict a label token, 'all' every non-pad "
+            "one; unset = the preset's (paper labels, authors all)",
+            "choices": list(POSITIONS),
+        },
+    )
+    calibration_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "tau calibration: k of the scored P_topk; unset = the preset's (paper --top_k, authors 10)"
+        },
+    )
+    calibration_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "tau calibration: sequences per forward pass; unset = the preset's (paper 8, authors 1)"
+        },
+    )
+    calibration_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "tau calibration: cap on scored positions (in sample order); unset = all"},
+    )
+
+    def calibration_spec(self, *, top_k: int, seed: int) -> CalibrationSpec:
+        """The resolved rule for the mask's ``top_k`` and the run's ``seed`` (validated: one-line errors)."""
+        return CalibrationSpec.from_preset(
+            self.calibration_preset,
+            top_k=top_k,
+            mask_ratio=self.mask_ratio,
+            seed=seed,
+            examples=self.calibration_examples,
+            positions=self.calibration_positions,
+            calibration_top_k=self.calibration_top_k,
+            batch_size=self.calibration_batch_size,
+            max_tokens=self.calibration_max_tokens,
+        )
 
 
 @dataclass
 class Calibration:
-    """What a run needs to reproduce its tau; saved next to the run's outputs."""
+    """tau and what produced it; saved as ``sedsft_calibration.json`` next to a run's outputs."""
 
     tau: float
-    top_k: int
-    mask_ratio: float
-    positions: str
-    num_positions: int
-    num_sequences: int
+    spec: CalibrationSpec | None  # None: tau was given, not calibrated
+    num_positions: int = 0
+    num_sequences: int = 0
     quantiles: dict[str, float] = field(default_factory=dict)  # a summary of the P_topk distribution
-    sample: dict = field(default_factory=dict)  # how the data sample was drawn (file, seed, size)
+    source: dict = field(default_factory=dict)  # the data and model scored, records skipped, processes
 
     def save(self, path) -> None:
         atomic_write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path) -> Calibration:
-        return cls(**read_json(path))
+        data = read_json(path)
+        if not isinstance(data, dict) or "spec" not in data:
+            raise UserError(
+                f"{path} is not a calibration record of this sedsft version; delete it or pass --tau"
+            )
+        spec = data["spec"] and CalibrationSpec(**data["spec"])
+        return cls(**{**data, "spec": spec})
 
 
-def _check(top_k: int, mask_ratio: float, positions: str) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if not (0.0 <= float(mask_ratio) <= 1.0) or math.isnan(float(mask_ratio)):
-        raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
-    if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+class TokenizedRecords(Sequence):
+    """Records tokenized on access exactly as ``sedsft sft`` tokenizes them; ``None`` where SFT drops one."""
+
+    def __init__(
+        self,
+        records: Sequence[dict],
+        tokenizer,
+        *,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        max_length: int | None = None,
+        overflow: str = "truncate",
+    ):
+        self.records, self.tokenizer = records, tokenizer
+        self.system_prompt, self.max_length, self.overflow = system_prompt, max_length, overflow
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict | None:
+        from .data import to_conversation, tokenize_conversation
+
+        conv = to_conversation(self.records[i], system_prompt=self.system_prompt)
+        return tokenize_conversation(self.tokenizer, conv, max_length=self.max_length, overflow=self.overflow)
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id (padded positions are never scored)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def sample_indices(
+    total: int, *, examples: int | None, seed: int = DEFAULT_SEED, rule: str = "random"
+) -> list[int]:
+    """The one sampling rule, in increasing order: ``examples`` of ``total`` records (all if None or more).
+
+    ``rule="random"``: a seeded random sample; ``"first"``: the first ones in file order.
+    """
+    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
+        raise UserError(f"the number of examples must be an integer >= 1, got {examples!r}")
+    n = total if examples is None else min(examples, total)
+    if rule == "first" or n == total:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(total), n))
+
+
+def check_mask_ratio(r, *, name: str = "--mask_ratio") -> float:
+    """r as a number in [0, 1] (NaN refused), else a one-line error naming ``name``."""
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
+        raise UserError(f"{name} must be in [0, 1], got {r}")
+    return float(r)
+
+
+def check_tau(tau, *, name: str = "--tau") -> float:
+    """tau as a number: finite and >= 0 (P_topk lies in [0, 1]), else a one-line error naming ``name``."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and tau >= 0):
+        raise UserError(f"{name} must be a finite number >= 0 (P_topk lies in [0, 1]), got {tau!r}")
+    return float(tau)
 
 
 def exact_quantile(values: Tensor, q: float) -> float:
     """numpy's default (linear) quantile of a 1-D tensor, exactly, in O(N) via two selections."""
     n = values.numel()
     if n == 0:
-        raise ValueError(
-            "no calibration positions: the data sample has no label tokens (check the data/labels)"
+        raise UserError(
+            "no calibration positions: the data sample has no label tokens (check the data and labels)"
         )
     pos = q * (n - 1)
     lo = math.floor(pos)
@@ -75,95 +295,115 @@ def exact_quantile(values: Tensor, q: float) -> float:
     return v_lo + (pos - lo) * (v_hi - v_lo)
 
 
-@torch.no_grad()
-def topk_mass(model, batch: dict, *, top_k: int, positions: str = "labels", chunk_size: int = 256) -> Tensor:
-    """P_topk at the chosen positions of one batch, as a 1-D fp32 tensor (no ``[B, T, V]`` logits held)."""
-    try:
-        parts = hidden_and_head(
-            model, **{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+def order_statistic(values: Tensor, mask_ratio: float) -> float:
+    """The released code's tau: ``sorted(values)[-int(r * n)]`` (Python's index -0 is the smallest value)."""
+    n = values.numel()
+    if n == 0:
+        raise UserError(
+            "no calibration positions: the data sample has no positions to score (check the data)"
         )
-    except ValueError:  # a head the fused path does not reproduce: use the model's own logits
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-        parts = None
-    if positions == "labels":
-        sel = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
-        sel[:, :-1] = batch["labels"][:, 1:] != -100  # positions whose next token is a label
-    else:
-        mask = batch.get("attention_mask")
-        sel = mask.bool() if mask is not None else torch.ones_like(batch["input_ids"], dtype=torch.bool)
-    out = []
-    rows = parts.hidden[sel] if parts is not None else logits[sel]  # [N, d] or [N, V]
-    for start in range(0, rows.shape[0], chunk_size):
-        chunk = rows[start : start + chunk_size]
-        z = _project(chunk, parts).float()  # [n, V]
-        lse = z.logsumexp(-1, keepdim=True)
-        out.append((z.topk(min(top_k, z.shape[-1]), dim=-1).values - lse).exp().sum(-1))
-    return torch.cat(out) if out else torch.zeros(0)
+    m = int(mask_ratio * n)
+    return torch.kthvalue(values.double(), (n - m if m else 0) + 1).values.item()
 
 
-def _project(rows: Tensor, parts: HeadInputs | None) -> Tensor:
-    if parts is None:
-        return rows
-    z = rows @ parts.weight.T
-    return z + parts.bias if parts.bias is not None else z
+def pick_tau(values: Tensor, spec: CalibrationSpec) -> float:
+    """tau from every scored position's P_topk, by the spec's statistic."""
+    if spec.statistic == "order":
+        return order_statistic(values, spec.mask_ratio)
+    return exact_quantile(values, 1.0 - spec.mask_ratio)
+
+
+def calibration_values(scored: ScoredPositions, spec: CalibrationSpec) -> Tensor:
+    """``[N]`` P_topk of one scored batch as the spec computes it (fp32)."""
+    k = min(spec.top_k, scored.stats.max_k)  # k beyond the vocabulary: all of the mass
+    if not spec.round_to_logits:
+        return scored.stats.topk_mass(k)
+    # softmax in the logits' dtype, then torch.sum of the k largest in that dtype (exact for fp32 logits)
+    probs = scored.stats.top_logp[:, :k].exp().to(scored.logits_dtype)  # [N, k]
+    return probs.float().sum(-1).to(scored.logits_dtype).float()
 
 
 def calibrate(
     model,
-    batches: Iterable[dict],
+    examples: Sequence[dict | None],
+    spec: CalibrationSpec,
     *,
-    top_k: int = 2,
-    mask_ratio: float = 0.7,
-    positions: str = "labels",
-    max_tokens: int | None = None,
-    sample: dict | None = None,
+    pad_token_id: int,
+    accelerator=None,
+    source: dict | None = None,
 ) -> Calibration:
-    """Score ``batches`` (dicts with input_ids, attention_mask, labels) and return the full record."""
-    _check(top_k, mask_ratio, positions)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    values, n_seq, n_pos = [], 0, 0
-    try:
-        for batch in batches:
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            v = topk_mass(model, batch, top_k=top_k, positions=positions).cpu()
-            if max_tokens is not None and n_pos + v.numel() > max_tokens:
-                v = v[: max_tokens - n_pos]
-            values.append(v)
-            n_pos += v.numel()
-            n_seq += batch["input_ids"].shape[0]
-            if max_tokens is not None and n_pos >= max_tokens:
-                break
-    finally:
-        model.train(was_training)
-    all_v = torch.cat(values) if values else torch.zeros(0)
-    tau = exact_quantile(all_v, 1.0 - float(mask_ratio))
-    summary = {
-        f"q{int(q * 100):02d}": exact_quantile(all_v, q) for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-    }
+    """Score the spec's sample of ``examples`` with ``model`` and return tau with its record.
+
+    ``examples[i]`` is a tokenized row (``input_ids``, ``labels``) or ``None`` for a record SFT drops
+    (skipped and counted). With an ``accelerator`` of several processes, the sample's batches are dealt
+    out whole (process p scores batches p, p + P, ...; each batch is the same on any number of
+    processes), every process runs the same number of forward passes (collectives inside ZeRO-3/FSDP
+    forwards stay matched), the values are gathered in sample order and every process gets the same tau.
+    """
+    from .data import SFTCollator
+
+    idx = sample_indices(len(examples), examples=spec.examples, seed=spec.seed, rule=spec.sample)
+    chosen = [(i, examples[i]) for i in idx]
+    kept = [(i, row) for i, row in chosen if row is not None]
+    if not kept:
+        raise UserError(
+            f"no calibration examples: the {len(chosen)} sampled records leave no label token after "
+            "tokenization (check the data, or raise --max_length)"
+        )
+    batches = [kept[s : s + spec.batch_size] for s in range(0, len(kept), spec.batch_size)]
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    collate = SFTCollator(pad_token_id)
+    scored: list[tuple[int, Tensor]] = []
+    with eval_mode(model):
+        for b in range(rank, math.ceil(len(batches) / world) * world, world):
+            part = batches[b] if b < len(batches) else batches[0]  # a spare forward keeps processes in step
+            out = score_batch(
+                model, collate([row for _, row in part]), top_k=spec.top_k, positions=spec.positions
+            )
+            if b < len(batches):
+                pieces = out.per_row(calibration_values(out, spec).cpu(), len(part))
+                scored += [(i, v) for (i, _), v in zip(part, pieces, strict=True)]
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        scored = gather_object(scored)
+    scored.sort(key=lambda t: t[0])
+    values = torch.cat([v for _, v in scored])  # [N] in sample order
+    if spec.max_tokens is not None:
+        values = values[: spec.max_tokens]
+    tau = pick_tau(values, spec)
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        tau = broadcast_object_list([tau], from_process=0)[0]  # already equal everywhere; made certain
     return Calibration(
         tau=tau,
-        top_k=top_k,
-        mask_ratio=float(mask_ratio),
-        positions=positions,
-        num_positions=int(all_v.numel()),
-        num_sequences=n_seq,
-        quantiles=summary,
-        sample=dict(sample or {}),
+        spec=spec,
+        num_positions=int(values.numel()),
+        num_sequences=len(kept),
+        quantiles={f"q{int(q * 100):02d}": exact_quantile(values, q) for q in _SUMMARY},
+        source={
+            **(source or {}),
+            "records_sampled": len(chosen),
+            "records_skipped": len(chosen) - len(kept),
+            "processes": world,
+        },
     )
 
 
-def calibrate_tau(
+def calibrate_records(
     model,
-    batches: Iterable[dict],
+    tokenizer,
+    records: Sequence[dict],
+    spec: CalibrationSpec,
     *,
-    top_k: int = 2,
-    mask_ratio: float = 0.7,
-    positions: str = "labels",
-    max_tokens: int | None = None,
-) -> float:
-    """tau = the (1 - mask_ratio)-quantile of P_topk over ``batches`` scored by ``model``."""
-    return calibrate(
-        model, batches, top_k=top_k, mask_ratio=mask_ratio, positions=positions, max_tokens=max_tokens
-    ).tau
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_length: int | None = None,
+    overflow: str = "truncate",
+    source: dict | None = None,
+) -> Calibration:
+    """:func:`calibrate` on raw records (a data file's rows), tokenized as ``sedsft sft`` tokenizes them."""
+    examples = TokenizedRecords(
+        records, tokenizer, system_prompt=system_prompt, max_length=max_length, overflow=overflow
+    )
+    return calibrate(model, examples, spec, pad_token_id=pad_id(tokenizer), source=source)

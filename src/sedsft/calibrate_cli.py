@@ -50,41 +50,37 @@ def main(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
     if a.num_examples < 1 or a.batch_size < 1:
         raise UserError("--num_examples and --batch_size must be >= 1")
-    from sedsft.calibrate import calibrate
-    from sedsft.data import SFTCollator, build_sft_dataset, load_records
+    from sedsft.calibrate import CalibrationSpec, calibrate_records
+    from sedsft.data import load_records
     from sedsft.models import check_local_model, load_local_model
-    from sedsft.train.trainer import calibration_sample
 
+    spec = CalibrationSpec.from_preset(
+        top_k=a.top_k,
+        mask_ratio=a.mask_ratio,
+        seed=a.seed,
+        examples=a.num_examples,
+        positions=a.positions,
+        batch_size=a.batch_size,
+        max_tokens=a.max_tokens,
+    )
     records = load_records(a.data)
     path = check_local_model(a.model)  # before the data is tokenized: a wrong path fails at once
     model, tok = load_local_model(path, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    ds, report = build_sft_dataset(
-        records, tok, system_prompt=a.system_prompt or None, max_length=a.max_length, overflow=a.overflow
-    )
-    idx = calibration_sample(len(ds), a.num_examples, seed=a.seed)
-    collate = SFTCollator(tok.pad_token_id)
-    batches = (collate([ds[i] for i in idx[s : s + a.batch_size]]) for s in range(0, len(idx), a.batch_size))
-    sample = {
-        "dataset": a.data,
-        "seed": a.seed,
-        "examples": len(idx),
-        "max_tokens": a.max_tokens,
-        "model": path,
-    }
-    cal = calibrate(
+    cal = calibrate_records(
         model,
-        batches,
-        top_k=a.top_k,
-        mask_ratio=a.mask_ratio,
-        positions=a.positions,
-        max_tokens=a.max_tokens,
-        sample=sample,
+        tok,
+        records,
+        spec,
+        system_prompt=a.system_prompt or None,
+        max_length=a.max_length,
+        overflow=a.overflow,
+        source={"dataset": a.data, "model": path},
     )
     cal.save(a.output)
     print(
-        f"tau = {cal.tau:.6f}  (top_k={a.top_k}, r={a.mask_ratio}, {cal.num_positions} positions from "
-        f"{len(idx)} of {report.examples} examples; written to {a.output})"
+        f"tau = {cal.tau:.6f}  (top_k={spec.top_k}, r={spec.mask_ratio}, {cal.num_positions} positions from "
+        f"{cal.num_sequences} of {len(records)} records; written to {a.output})"
     )
     return 0

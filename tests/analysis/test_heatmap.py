@@ -1,4 +1,5 @@
-"""Per-token heatmap: numbers against the model's own logits, HTML escaping and order, PNG validity."""
+"""Per-token heatmap: numbers against an fp64 softmax of the model's own logits, HTML escaping and order,
+PNG validity, bad tau and oversized records refused in one line."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_scores_match_the_logits(model, tokenizer, records):
     ex = tokenize_records(tokenizer, [records[0]])[0]
     hm = score_tokens(model, tokenizer, ex, top_k=3, tau=0.5, num_alternatives=5, chunk_size=4)
     with torch.no_grad():
-        probs = model(input_ids=torch.tensor([ex.input_ids])).logits[0].float().softmax(-1)  # [T, V]
+        probs = model(input_ids=torch.tensor([ex.input_ids])).logits[0].double().softmax(-1)  # [T, V]
     targets = [j for j in range(1, len(ex.labels)) if ex.labels[j] != -100]
     assert [t.index for t in hm.tokens] == targets
     for t in hm.tokens:
@@ -86,3 +87,19 @@ def test_without_tau_there_is_no_decision(model, tokenizer, records):
 def test_example_without_labels_is_an_error(model, tokenizer):
     with pytest.raises(UserError, match="no response"):
         score_tokens(model, tokenizer, {"input_ids": [5, 6, 7], "labels": [-100, -100, -100]})
+
+
+@pytest.mark.parametrize("tau", [float("nan"), -0.1, float("inf")])
+def test_meaningless_tau_is_refused(model, tokenizer, records, tau):
+    with pytest.raises(UserError, match="--tau must be a finite number >= 0"):
+        analyze_heatmap(model, tokenizer, records[0], tau=tau)
+
+
+def test_oversized_records_and_sizes_are_refused(model, tokenizer, records):
+    long = {"question": "Count.", "response": "ab" * 100_000}  # 200,000 characters
+    with pytest.raises(UserError, match=r"longer than the model's context \(256 positions"):
+        analyze_heatmap(model, tokenizer, long, max_length=None)
+    hm = analyze_heatmap(model, tokenizer, long, max_length=120, num_alternatives=0)
+    assert len(hm.tokens) == 120 - hm.tokens[0].index and all(t.alternatives == [] for t in hm.tokens)
+    with pytest.raises(UserError, match="num_alternatives must be an integer in 0..100"):
+        analyze_heatmap(model, tokenizer, records[0], num_alternatives=10**6)

@@ -1,4 +1,5 @@
-"""Cumulative top-k probability: against a full-softmax twin, tau against calibrate_tau, the written report."""
+"""Cumulative top-k probability against an fp64 full softmax of each record scored alone; tau against
+numpy's quantile of those values; the written report; oversized requests refused in one line."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from sedsft.analysis.inputs import batches_of, pad_id, tokenize_records
+from sedsft.analysis.inputs import batches_of, tokenize_records
 from sedsft.analysis.topk import analyze_topk, topk_distribution
-from sedsft.calibrate import calibrate_tau
+from sedsft.calibrate import pad_id
 from sedsft.errors import UserError
+from sedsft.scoring import MAX_TOP_K
 
 from .helpers import check_png
 
@@ -21,40 +23,31 @@ def _batches(model, tokenizer, records, batch_size=4):
     return list(batches_of(examples, batch_size=batch_size, pad_token_id=pad_id(tokenizer)))
 
 
-def _naive(model, batches, max_k):
-    """Full softmax over [B, T, V] logits, sorted, cumulated: the reference."""
+def _naive(model, tokenizer, records, max_k):
+    """Each record alone (no padding), its logits softmaxed in fp64, sorted, cumulated: the reference."""
     out = []
     with torch.no_grad():
-        for b in batches:
-            probs = (
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float().softmax(-1)
-            )
-            sel = torch.zeros_like(b["input_ids"], dtype=torch.bool)
-            sel[:, :-1] = b["labels"][:, 1:] != -100
-            cum = probs[sel].sort(-1, descending=True).values.cumsum(-1)[:, :max_k]  # [N, max_k]
-            out.append(cum)
-    return torch.cat(out).double().numpy()
+        for e in tokenize_records(tokenizer, records):
+            probs = model(input_ids=torch.tensor([e.input_ids])).logits[0].double().softmax(-1)  # [T, V]
+            keep = [t for t in range(len(e.labels) - 1) if e.labels[t + 1] != -100]
+            out.append(probs[keep].sort(-1, descending=True).values.cumsum(-1)[:, :max_k])  # [n, max_k]
+    return torch.cat(out).numpy()
 
 
-@pytest.mark.parametrize("chunk_size", [7, 256])  # 7: many chunks with a ragged last one
-def test_values_and_quantiles_match_full_softmax(model, tokenizer, records, chunk_size):
+@pytest.mark.parametrize("chunk_size", [7, None])  # 7: many chunks with a ragged last one
+def test_values_quantiles_and_tau_match_full_softmax(model, tokenizer, records, chunk_size):
     batches = _batches(model, tokenizer, records, batch_size=4)  # 6 records: batches of 4 and 2, padded
     dist = topk_distribution(model, batches, max_k=10, chunk_size=chunk_size)
-    ref = _naive(model, batches, 10)
+    ref = _naive(model, tokenizer, records, 10)
     assert dist.values.shape == ref.shape
     np.testing.assert_allclose(dist.values.double().numpy(), ref, atol=2e-6)
     for k, qs in dist.quantiles((0.0, 0.1, 0.3, 0.5, 0.9, 1.0)).items():
         for q, v in qs.items():
             assert v == pytest.approx(np.quantile(ref[:, k - 1], q), abs=2e-6)
+    for k in (1, 2, 10):
+        for r in (0.0, 0.7, 1.0):
+            assert dist.tau(top_k=k, mask_ratio=r) == pytest.approx(np.quantile(ref[:, k - 1], 1 - r), abs=2e-6)
     assert np.all(np.diff(ref, axis=1) >= -1e-6)  # cumulative: non-decreasing in k
-
-
-def test_tau_equals_calibrate_tau_exactly(model, tokenizer, records):
-    batches = _batches(model, tokenizer, records, batch_size=3)
-    dist = topk_distribution(model, batches, max_k=10)
-    for k in (1, 2, 3, 10):
-        for r in (0.0, 0.5, 0.7, 0.9, 1.0):
-            assert dist.tau(top_k=k, mask_ratio=r) == calibrate_tau(model, batches, top_k=k, mask_ratio=r)
 
 
 def test_positions_and_gold_tokens_are_recorded(model, tokenizer, records):
@@ -97,11 +90,10 @@ def test_report_files_and_tau_table(model, tokenizer, records, tmp_path):
     with open(tmp_path / "topk_tau.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 2
-    chosen = [records[i] for i in report.example_indices]
-    batches = _batches(model, tokenizer, chosen, batch_size=2)
+    ref = _naive(model, tokenizer, [records[i] for i in report.example_indices], 4)
     for row in rows:
-        expected = calibrate_tau(model, batches, top_k=int(row["k"]), mask_ratio=float(row["mask_ratio"]))
-        assert float(row["tau"]) == expected
+        expected = np.quantile(ref[:, int(row["k"]) - 1], 1 - float(row["mask_ratio"]))
+        assert float(row["tau"]) == pytest.approx(expected, abs=2e-6)
     with open(tmp_path / "topk_histogram.csv") as f:
         hist = list(csv.DictReader(f))
     for k in range(1, 5):
@@ -113,3 +105,15 @@ def test_report_files_and_tau_table(model, tokenizer, records, tmp_path):
     assert table.num_rows == report.distribution.num_positions
     assert set(table.column("example_index").to_pylist()) == set(report.example_indices)
     assert (tmp_path / "topk_summary.json").exists() and (tmp_path / "topk_summary.csv").exists()
+
+
+def test_oversized_requests_are_refused_at_once(model, tokenizer, records):
+    with pytest.raises(UserError, match=rf"max_k must be an integer in 1..{MAX_TOP_K}, got 100000"):
+        analyze_topk(model, tokenizer, records, max_k=100_000)
+    long = [{"question": "Add these.", "response": "1+" * 100_000 + "1"}]  # 200,001 characters
+    with pytest.raises(UserError, match=r"longer than the model's context \(256 positions.*--max_length 256"):
+        analyze_topk(model, tokenizer, long, max_k=3, max_length=None)
+    with pytest.raises(UserError, match=r"--max_length 256"):
+        analyze_topk(model, tokenizer, long, max_k=3)  # sft's default max_length (1024) still exceeds 256
+    report = analyze_topk(model, tokenizer, long, max_k=3, max_length=200)
+    assert report.distribution.num_positions == 200 - 1 - report.distribution.position.min().item()

@@ -147,4 +147,4 @@ def test_sweep_point_runs_sed_with_the_given_r_and_k(tiny_run):
     got = sweep_point(0.5, 3, output_dir=out, cache_dir=root / "cache", config=DemoConfig.tiny())
     assert set(got) == {*SPLITS, "avg"} and all(0.0 <= v <= 1.0 for v in got.values())
     cal = json.loads((out / "sft/sed/s0/sedsft_calibration.json").read_text())
-    assert cal["top_k"] == 3 and cal["mask_ratio"] == 0.5
+    assert cal["spec"]["top_k"] == 3 and cal["spec"]["mask_ratio"] == 0.5

@@ -126,22 +126,15 @@ def test_paper_configs_parse_and_validate(config):
         assert args.tau is None and args.lam == 1.0 and model_args.model_name_or_path.startswith("models/")
 
 
-def test_calibrate_cli(tmp_path, tiny_ckpt, train_file, capsys):
+def test_calibrate_gives_the_tau_sft_computes(tmp_path, tiny_ckpt, train_file, capsys):
+    """``sedsft calibrate`` and ``sedsft sft`` on the same model, data and options: the same tau, to the bit."""
+    cfg = _tiny_config(tmp_path, tiny_ckpt, train_file, "sed")
+    assert sedsft_main(["sft", "--config", str(cfg), "--max_steps", "1"]) == 0
+    trained = json.loads((tmp_path / "sed" / "sedsft_calibration.json").read_text())
     out = tmp_path / "cal.json"
-    argv = [
-        "calibrate",
-        "--model",
-        str(tiny_ckpt),
-        "--data",
-        str(train_file),
-        "--num_examples",
-        "8",
-        "--output",
-        str(out),
-        "--max_length",
-        "128",
-    ]
-    assert sedsft_main(argv) == 0
+    argv = ["calibrate", "--model", str(tiny_ckpt), "--data", str(train_file), "--output", str(out)]
+    assert sedsft_main([*argv, "--num_examples", "8", "--max_length", "128"]) == 0
     cal = json.loads(out.read_text())
     assert f"tau = {cal['tau']:.6f}" in capsys.readouterr().out
-    assert cal["top_k"] == 2 and cal["mask_ratio"] == 0.7 and cal["num_sequences"] == 8
+    assert cal["tau"] == trained["tau"] and cal["spec"] == trained["spec"]
+    assert cal["spec"]["top_k"] == 2 and cal["spec"]["mask_ratio"] == 0.7 and cal["num_sequences"] == 8

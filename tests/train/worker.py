@@ -49,6 +49,7 @@ def train(
         use_cpu=True,
         disable_tqdm=True,
         calibration_examples=8,
+        calibration_batch_size=2,  # 4 calibration batches: two processes score two each
         per_device_eval_batch_size=4,
         max_grad_norm=0.0,
         seed=0,

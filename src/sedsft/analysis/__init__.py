@@ -2,7 +2,7 @@
 
 from sedsft.analysis import analyze_topk, analyze_heatmap, run_sweep
 report = analyze_topk(model, tokenizer, records, max_k=10, output_dir="out/topk")
-report.tau(top_k=2, mask_ratio=0.7)              # == sedsft.calibrate.calibrate_tau on the same batches
+report.tau(top_k=2, mask_ratio=0.7)              # the tau sedsft calibrate finds on the same records
 hm = analyze_heatmap(model, tokenizer, records[0], top_k=2, tau=0.8, output_dir="out/heatmap")
 result = run_sweep(grid([0.5, 0.7, 0.9], [2, 3]), run_point, output_dir="out/sweep")
 """
@@ -14,10 +14,9 @@ from .heatmap import (
     render_html,
     render_png,
     score_tokens,
-    tau_from_records,
 )
 from .sweep import SweepPoint, SweepResult, grid, run_sweep
-from .topk import TopkDistribution, TopkReport, analyze_topk, cumulative_topk, topk_distribution
+from .topk import TopkDistribution, TopkReport, analyze_topk, topk_distribution
 
 __all__ = [
     "SweepPoint",
@@ -28,12 +27,10 @@ __all__ = [
     "TopkReport",
     "analyze_heatmap",
     "analyze_topk",
-    "cumulative_topk",
     "grid",
     "render_html",
     "render_png",
     "run_sweep",
     "score_tokens",
-    "tau_from_records",
     "topk_distribution",
 ]

@@ -130,7 +130,9 @@ def run_topk(args) -> int:
 
 
 def run_heatmap(args) -> int:
-    from .heatmap import analyze_heatmap, tau_from_records
+    from sedsft.calibrate import CalibrationSpec, calibrate_records
+
+    from .heatmap import analyze_heatmap
     from .inputs import load_model_and_tokenizer, read_records
 
     _check_positive(args, "top_k", "batch_size", "num_examples")
@@ -154,19 +156,18 @@ def run_heatmap(args) -> int:
     )
     tau, how = args.tau, "given"
     if tau is None and records is not None:
-        tau = tau_from_records(
-            model,
-            tokenizer,
-            records,
+        spec = CalibrationSpec.from_preset(
             top_k=args.top_k,
             mask_ratio=args.mask_ratio,
-            num_examples=args.num_examples,
             seed=args.seed,
+            examples=args.num_examples,
             batch_size=args.batch_size,
-            system_prompt=_system_prompt(args),
-            max_length=args.max_length,
         )
-        how = f"calibrated on {min(args.num_examples, len(records))} records of {args.data} with r = {args.mask_ratio:g}"
+        cal = calibrate_records(
+            model, tokenizer, records, spec, system_prompt=_system_prompt(args), max_length=args.max_length
+        )
+        tau = cal.tau
+        how = f"calibrated on {cal.num_sequences} records of {args.data} with r = {args.mask_ratio:g}"
     where = (
         f"example {args.index} of {Path(args.data).name}" if name != "heatmap_text" else "the given response"
     )

@@ -5,7 +5,9 @@ mass P_topk of that position, whether SED-SFT's penalty would be active there (P
 unrestricted position whose probability the penalty pushes towards 1/2; positions with P_topk >= tau
 are masked out of the penalty) and the most probable alternatives. Token text is what the tokenizer
 decodes for that token in context (so multi-byte characters split over tokens are shown once, on the
-token that completes them). The ``[T, vocab]`` logits are projected ``chunk_size`` rows at a time.
+token that completes them). The numbers come from :func:`sedsft.scoring.score_batch`, the routine
+calibration uses; the ``[T, vocab]`` logits are never held. tau is given, or calibrated with
+:func:`sedsft.calibrate.calibrate_records` exactly as ``sedsft calibrate`` would.
 """
 
 from __future__ import annotations
@@ -18,19 +20,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, to_hex
 from matplotlib.patches import Rectangle
 
-from sedsft.calibrate import calibrate_tau
+from sedsft.calibrate import check_tau, pad_id
 from sedsft.errors import UserError
 from sedsft.io import atomic_write_json, atomic_write_text
-from sedsft.losses.head import hidden_and_head
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+from sedsft.scoring import MAX_TOP_K, check_top_k, eval_mode, score_batch
 
-from .inputs import Example, batches_of, collate, pad_id, sample_indices, tokenize_records
+from .inputs import MAX_LENGTH, TokenizedRecord, tokenize_records
 from .plots import new_figure, save_png
 
 CMAP = "RdYlGn"  # low probability red, high green
@@ -76,57 +77,46 @@ def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
     return out
 
 
-@torch.no_grad()
 def score_tokens(
     model,
     tokenizer,
-    example: Example | dict,
+    example: TokenizedRecord | dict,
     *,
     top_k: int = 2,
     tau: float | None = None,
     num_alternatives: int = 5,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ) -> TokenHeatmap:
     """Per-token gold probability, P_topk and top alternatives over the label tokens of one tokenized example."""
-    if top_k < 1 or num_alternatives < 0:
-        raise UserError(f"top_k must be >= 1 and num_alternatives >= 0, got {top_k} and {num_alternatives}")
+    from sedsft.data import SFTCollator
+
+    check_top_k(top_k)
+    if (
+        isinstance(num_alternatives, bool)
+        or not isinstance(num_alternatives, int)
+        or not 0 <= num_alternatives <= MAX_TOP_K
+    ):
+        raise UserError(f"num_alternatives must be an integer in 0..{MAX_TOP_K}, got {num_alternatives!r}")
+    tau = None if tau is None else check_tau(tau)
     if isinstance(example, dict):
-        example = Example(
+        example = TokenizedRecord(
             index=0,
             input_ids=[int(x) for x in example["input_ids"]],
             labels=[int(x) for x in example["labels"]],
         )
-    targets = [j for j in range(1, len(example.labels)) if example.labels[j] != -100]
-    if not targets:
+    if all(x == -100 for x in example.labels[1:]):
         raise UserError("the example has no response (label) tokens to show; check its response field")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in collate([example], pad_token_id=pad_id(tokenizer)).items()}
-    try:
-        try:
-            parts = hidden_and_head(
-                model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            )
-            rows, weight, bias = parts.hidden[0], parts.weight, parts.bias  # [T, d]
-        except ValueError:  # a head the fused path does not reproduce: use the model's own logits
-            rows, weight, bias = model(input_ids=batch["input_ids"]).logits[0], None, None  # [T, V]
-    finally:
-        model.train(was_training)
-    pred = torch.tensor([j - 1 for j in targets], device=device)  # the positions that predict each target
-    gold = torch.tensor([example.input_ids[j] for j in targets], device=device)
-    probs, masses, alt_p, alt_i = [], [], [], []
-    for start in range(0, len(targets), chunk_size):
-        r = rows[pred[start : start + chunk_size]]
-        z = (r if weight is None else r @ weight.T + (bias if bias is not None else 0)).float()  # [n, V]
-        logp = z.log_softmax(-1)  # [n, V]
-        probs.append(logp.gather(1, gold[start : start + chunk_size, None])[:, 0].exp())
-        top = logp.topk(min(max(top_k, num_alternatives), logp.shape[-1]), dim=-1)  # [n, k']
-        masses.append(top.values[:, :top_k].exp().sum(-1))
-        alt_p.append(top.values[:, :num_alternatives].exp())
-        alt_i.append(top.indices[:, :num_alternatives])
-    probs, masses = torch.cat(probs).tolist(), torch.cat(masses).tolist()
-    alt_p, alt_i = torch.cat(alt_p).tolist(), torch.cat(alt_i).tolist()
+    batch = SFTCollator(pad_id(tokenizer))([example.row()])
+    with eval_mode(model):
+        scored = score_batch(
+            model, batch, top_k=max(top_k, num_alternatives), positions="labels", chunk_size=chunk_size
+        )
+    stats = scored.stats
+    targets = (scored.position + 1).tolist()  # the token each scored position predicts
+    probs = stats.prob.tolist()
+    masses = stats.topk_mass(min(top_k, stats.max_k)).tolist()
+    alt_p = stats.top_logp[:, :num_alternatives].exp().tolist()
+    alt_i = stats.top_ids[:, :num_alternatives].tolist()
     texts = token_texts(tokenizer, example.input_ids)
     tokens = [
         TokenScore(
@@ -144,32 +134,6 @@ def score_tokens(
     ]
     prompt = tokenizer.decode(example.input_ids[: targets[0]], skip_special_tokens=False)
     return TokenHeatmap(tokens=tokens, prompt_text=prompt, top_k=top_k, tau=tau)
-
-
-def tau_from_records(
-    model,
-    tokenizer,
-    records: Sequence[dict],
-    *,
-    top_k: int = 2,
-    mask_ratio: float = 0.7,
-    num_examples: int | None = 100,
-    seed: int = 0,
-    batch_size: int = 8,
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    max_length: int | None = None,
-) -> float:
-    """tau for (top_k, mask_ratio) calibrated on a seeded sample of ``records``, as SFT would calibrate it."""
-    chosen = sample_indices(len(records), num_examples=num_examples, seed=seed)
-    examples = tokenize_records(
-        tokenizer, [records[i] for i in chosen], system_prompt=system_prompt, max_length=max_length
-    )
-    if not examples:
-        raise UserError(
-            "none of the sampled records has a response token left after tokenization; check the data"
-        )
-    batches = batches_of(examples, batch_size=batch_size, pad_token_id=pad_id(tokenizer))
-    return calibrate_tau(model, batches, top_k=top_k, mask_ratio=mask_ratio)
 
 
 def _colour(p: float) -> str:
@@ -332,7 +296,7 @@ def analyze_heatmap(
     tau: float | None = None,
     num_alternatives: int = 5,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    max_length: int | None = None,
+    max_length: int | None = MAX_LENGTH,
     output_dir: str | os.PathLike | None = None,
     name: str = "heatmap",
     title: str | None = None,
@@ -367,6 +331,5 @@ __all__ = [
     "render_html",
     "render_png",
     "score_tokens",
-    "tau_from_records",
     "token_texts",
 ]

@@ -3,13 +3,15 @@
 For every position that predicts a label token, P_topk(t) is the total probability of the k most
 probable next tokens (the paper's Figure 3, "token exploration space"). SED-SFT penalises a position
 only when P_topk < tau, with tau the (1 - r)-quantile of P_topk; :meth:`TopkDistribution.tau` gives
-that tau for any (k, r) and equals :func:`sedsft.calibrate.calibrate_tau` on the same batches (same
-head projection in the same token chunks, same top-k sums, same exact quantile).
+that tau for any (k, r). The numbers come from :func:`sedsft.scoring.score_batch`, the routine
+calibration uses, and the records are sampled by calibration's rule, so ``analyze_topk(...).tau(top_k=k,
+mask_ratio=r)`` is the tau ``sedsft calibrate`` finds for the same records, seed, batch size and k.
 
 Memory: values are kept exactly, as one fp32 ``[N, max_k]`` array (4 * max_k bytes per position:
-40 MB per million positions at max_k = 10), plus two int32 ids per position; the ``[tokens, vocab]``
-logits are never held, only ``chunk_size`` rows of them at a time. Memory therefore grows with the
+40 MB per million positions at max_k = 10), plus three int32 ids per position; the ``[tokens, vocab]``
+logits are never held (the LM head is streamed in chunks of positions). Memory therefore grows with the
 number of scored positions, not with vocabulary or sequence length; cap it with ``max_tokens``.
+``max_k`` is at most :data:`sedsft.scoring.MAX_TOP_K`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sedsft.calibrate import exact_quantile
+from sedsft.calibrate import (
+    DEFAULT_SEED,
+    CalibrationSpec,
+    check_mask_ratio,
+    exact_quantile,
+    pad_id,
+    pick_tau,
+    sample_indices,
+)
 from sedsft.errors import UserError
 from sedsft.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from sedsft.losses.head import hidden_and_head
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+from sedsft.scoring import check_top_k, eval_mode, score_batch
 
-from .inputs import batches_of, pad_id, sample_indices, tokenize_records
+from .inputs import MAX_LENGTH, batches_of, tokenize_records
 from .plots import new_figure, save_png
 
 DEFAULT_MASK_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -65,57 +75,12 @@ class TopkDistribution:
         return self.values[:, k - 1].contiguous()  # [N]
 
     def tau(self, *, top_k: int, mask_ratio: float) -> float:
-        """The tau SED-SFT calibrates for (top_k, mask_ratio): the (1 - r)-quantile of P_topk."""
-        if not 0.0 <= mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
-        return exact_quantile(self.column(top_k), 1.0 - float(mask_ratio))
+        """The tau SED-SFT calibrates for (top_k, mask_ratio) on these positions (the paper preset's rule)."""
+        return pick_tau(self.column(top_k), CalibrationSpec(top_k=top_k, mask_ratio=mask_ratio))
 
     def quantiles(self, qs: Sequence[float] = SUMMARY_QUANTILES) -> dict[int, dict[float, float]]:
         """{k: {q: the q-quantile of P_topk}} (numpy's linear definition, exact)."""
         return {k: {q: exact_quantile(self.column(k), q) for q in qs} for k in range(1, self.max_k + 1)}
-
-
-def _project(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    z = rows @ weight.T  # [n, V]
-    return z + bias if bias is not None else z
-
-
-@torch.no_grad()
-def cumulative_topk(
-    model, batch: dict, *, max_k: int = 10, positions: str = "labels", chunk_size: int = 256
-) -> tuple[Tensor, Tensor]:
-    """P_topk for k = 1..max_k at the chosen positions of one batch: ``([n, max_k] fp32, [B, T] bool selection)``.
-
-    The same computation as :func:`sedsft.calibrate.topk_mass` (whose numbers it reproduces bit for bit
-    for each k), with one top-``max_k`` selection serving every k.
-    """
-    if positions not in ("labels", "all"):
-        raise ValueError(f"positions must be 'labels' or 'all', got {positions!r}")
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-    try:
-        parts = hidden_and_head(model, **inputs)
-        rows_all, weight, bias = parts.hidden, parts.weight, parts.bias  # [B, T, d]
-    except ValueError:  # a head the fused path does not reproduce: use the model's own logits
-        rows_all, weight, bias = model(**inputs).logits, None, None  # [B, T, V]
-    if positions == "labels":
-        sel = torch.zeros_like(batch["input_ids"], dtype=torch.bool)  # [B, T]
-        sel[:, :-1] = batch["labels"][:, 1:] != -100  # positions whose next token is a label
-    else:
-        mask = batch.get("attention_mask")
-        sel = mask.bool() if mask is not None else torch.ones_like(batch["input_ids"], dtype=torch.bool)
-    rows = rows_all[sel]  # [N, d] or [N, V]
-    out = []
-    for start in range(0, rows.shape[0], chunk_size):
-        chunk = rows[start : start + chunk_size]
-        z = (chunk if weight is None else _project(chunk, weight, bias)).float()  # [n, V]
-        lse = z.logsumexp(-1, keepdim=True)  # [n, 1]
-        top = z.topk(min(max_k, z.shape[-1]), dim=-1).values  # [n, k'] sorted, descending
-        # One sum per k over a fresh contiguous [n, k] block: the exact float ops topk_mass does for that k.
-        cols = [(top[:, :k] - lse).exp().sum(-1) for k in range(1, top.shape[1] + 1)]
-        cols += [cols[-1]] * (max_k - len(cols))  # k beyond the vocabulary: all the mass is already in
-        out.append(torch.stack(cols, dim=1))  # [n, max_k]
-    values = torch.cat(out) if out else torch.zeros((0, max_k))
-    return values, sel
 
 
 def topk_distribution(
@@ -125,37 +90,30 @@ def topk_distribution(
     max_k: int = 10,
     positions: str = "labels",
     max_tokens: int | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ) -> TopkDistribution:
     """Stream ``batches`` (dicts with input_ids, attention_mask, labels) through ``model``; keep P_topk per position."""
-    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
-        raise ValueError(f"max_k must be an integer >= 1, got {max_k!r}")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    check_top_k(max_k, name="max_k")
     vals, seqs, poss, toks = [], [], [], []
     n_seq = n_pos = 0
-    try:
+    with eval_mode(model):
         for batch in batches:
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            v, sel = cumulative_topk(model, batch, max_k=max_k, positions=positions, chunk_size=chunk_size)
-            b_idx, t_idx = sel.nonzero(as_tuple=True)  # row-major, the order of hidden[sel]
-            gold = torch.full_like(batch["input_ids"], -100)
-            gold[:, :-1] = batch["labels"][:, 1:]  # [B, T]: the token each position predicts
-            tok = gold[b_idx, t_idx]
+            scored = score_batch(model, batch, top_k=max_k, positions=positions, chunk_size=chunk_size)
+            v = scored.stats.cumulative()  # [n, k'], k' = min(max_k, vocabulary)
+            if v.shape[1] < max_k:  # k beyond the vocabulary: all the mass is already in
+                v = torch.cat([v, v[:, -1:].expand(-1, max_k - v.shape[1])], dim=1)  # [n, max_k]
+            row, pos, tok = scored.row, scored.position, scored.target
             if max_tokens is not None and n_pos + v.shape[0] > max_tokens:
                 keep = max_tokens - n_pos
-                v, b_idx, t_idx, tok = v[:keep], b_idx[:keep], t_idx[:keep], tok[:keep]
+                v, row, pos, tok = v[:keep], row[:keep], pos[:keep], tok[:keep]
             vals.append(v.cpu())
-            seqs.append((b_idx + n_seq).int().cpu())
-            poss.append(t_idx.int().cpu())
+            seqs.append((row + n_seq).int().cpu())
+            poss.append(pos.int().cpu())
             toks.append(tok.int().cpu())
             n_pos += v.shape[0]
             n_seq += batch["input_ids"].shape[0]
             if max_tokens is not None and n_pos >= max_tokens:
                 break
-    finally:
-        model.train(was_training)
     if n_pos == 0:
         raise UserError(
             "no positions to score: the data sample has no label tokens (check the data and its labels)"
@@ -321,30 +279,26 @@ def analyze_topk(
     max_k: int = 10,
     mask_ratios: Sequence[float] = DEFAULT_MASK_RATIOS,
     num_examples: int | None = 100,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     batch_size: int = 8,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    max_length: int | None = None,
+    max_length: int | None = MAX_LENGTH,
     max_tokens: int | None = None,
     output_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
 ) -> TopkReport:
-    """Score a seeded sample of ``records`` (as SFT tokenizes them) and, with ``output_dir``, write the report.
+    """Score a seeded sample of ``records`` (as SFT tokenizes and calibration samples them); write the report.
 
     Files written: ``topk_summary.csv`` (quantiles per k), ``topk_tau.csv`` (tau per (k, r)),
     ``topk_histogram.csv`` (histogram and ECDF per k), ``topk_positions.parquet`` (every position's
     values, up to a million positions), ``topk_summary.json`` (all of it plus ``meta``) and ``topk.png``.
     """
+    check_top_k(max_k, name="max_k")
     for r in mask_ratios:
-        if not 0.0 <= float(r) <= 1.0:
-            raise UserError(f"mask ratios must be in [0, 1], got {r}")
-    chosen = sample_indices(len(records), num_examples=num_examples, seed=seed)
+        check_mask_ratio(r, name="each mask ratio")
+    chosen = sample_indices(len(records), examples=num_examples, seed=seed)
     examples = tokenize_records(
-        tokenizer,
-        [records[i] for i in chosen],
-        system_prompt=system_prompt,
-        max_length=max_length,
-        indices=chosen,
+        tokenizer, records, system_prompt=system_prompt, max_length=max_length, indices=chosen
     )
     if not examples:
         raise UserError(
@@ -419,7 +373,6 @@ __all__ = [
     "TopkDistribution",
     "TopkReport",
     "analyze_topk",
-    "cumulative_topk",
     "histogram_rows",
     "plot_topk",
     "summary_rows",

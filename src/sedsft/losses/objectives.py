@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -42,57 +42,6 @@ class TokenTerms:
         return self.gold - self.lse
 
 
-# ---- options: one frozen dataclass per objective, validated on construction -------------------------
-
-
-@dataclass(frozen=True)
-class CEOptions:
-    top_k: int = DEFAULT_TOP_K  # only for the logged top-k mass
-
-    def __post_init__(self):
-        _check_top_k(self.top_k)
-
-
-@dataclass(frozen=True)
-class DFTOptions(CEOptions):
-    pass
-
-
-@dataclass(frozen=True)
-class SEDOptions:
-    tau: float  # mask threshold on P_topk (calibrated); +inf = penalise every token (w/o mask)
-    top_k: int = DEFAULT_TOP_K
-    lam: float = 1.0
-
-    def __post_init__(self):
-        _check_top_k(self.top_k)
-        tau = float(self.tau)
-        if math.isnan(tau):
-            raise ValueError("tau is NaN; calibrate it (sedsft calibrate) or pass a number in [0, 1]")
-        if not (self.lam >= 0 and math.isfinite(self.lam)):
-            raise ValueError(f"lam must be a finite number >= 0, got {self.lam}")
-        object.__setattr__(self, "tau", tau)
-
-
-@dataclass(frozen=True)
-class GEMOptions:
-    beta: float = 0.7
-    h: str = "linear"
-    top_k: int = DEFAULT_TOP_K
-
-    def __post_init__(self):
-        _check_top_k(self.top_k)
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
-        if self.h not in GEM_WEIGHTS:
-            raise ValueError(f"GEM h must be one of {sorted(GEM_WEIGHTS)}, got {self.h!r}")
-
-
-def _check_top_k(k) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {k!r}")
-
-
 # ---- GEM's per-vocabulary weights (the one place an objective looks at the whole distribution) ------
 
 
@@ -108,6 +57,71 @@ GEM_WEIGHTS: dict[str, Callable[[Tensor, Tensor], Tensor | None]] = {
     "linear": _gem_linear,
     "logsigmoid": _gem_logsigmoid,
 }
+
+
+# ---- options: one frozen dataclass per objective, validated on construction -------------------------
+
+
+# Each option's metadata is its declaration for the trainer and the CLI: "help", and optionally "flag"
+# (the config field / CLI flag when the option's own name is too generic) and "choices".
+_TOP_K_HELP = "k of the top-k probability mass P_topk (SED-SFT's mask; logged for every objective)"
+
+
+@dataclass(frozen=True)
+class CEOptions:
+    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": _TOP_K_HELP})  # only for the logged mass
+
+    def __post_init__(self):
+        _check_top_k(self.top_k)
+
+
+@dataclass(frozen=True)
+class DFTOptions(CEOptions):
+    pass
+
+
+@dataclass(frozen=True)
+class SEDOptions:
+    # mask threshold on P_topk (calibrated); +inf = penalise every token (w/o mask)
+    tau: float = field(
+        metadata={
+            "help": "SED-SFT: mask threshold on P_topk (penalty where P_topk < tau); unset = calibrated on the "
+            "initial model before training (see --mask_ratio, --calibration_preset)"
+        }
+    )
+    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": _TOP_K_HELP})
+    lam: float = field(default=1.0, metadata={"help": "SED-SFT: weight lambda of the penalty (p - 1/2)^2"})
+
+    def __post_init__(self):
+        _check_top_k(self.top_k)
+        tau = float(self.tau)
+        if math.isnan(tau):
+            raise ValueError("tau is NaN; calibrate it (sedsft calibrate) or pass a number in [0, 1]")
+        if not (self.lam >= 0 and math.isfinite(self.lam)):
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam}")
+        object.__setattr__(self, "tau", tau)
+
+
+@dataclass(frozen=True)
+class GEMOptions:
+    beta: float = field(default=0.7, metadata={"help": "GEM: temperature beta", "flag": "gem_beta"})
+    h: str = field(
+        default="linear",
+        metadata={"help": "GEM: weight function h", "flag": "gem_h", "choices": list(GEM_WEIGHTS)},
+    )
+    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": _TOP_K_HELP})
+
+    def __post_init__(self):
+        _check_top_k(self.top_k)
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        if self.h not in GEM_WEIGHTS:
+            raise ValueError(f"GEM h must be one of {sorted(GEM_WEIGHTS)}, got {self.h!r}")
+
+
+def _check_top_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {k!r}")
 
 
 # ---- per-token losses ----------------------------------------------------------------------------

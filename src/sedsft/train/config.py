@@ -1,66 +1,78 @@
 """``SEDSFTConfig``: TRL's ``SFTConfig`` plus the objective, its options, tau calibration and the data files.
 
 Every field carries ``metadata={"help": ...}``, so ``sedsft sft --help`` documents it and a YAML config
-(``--config file.yaml``) can set it. The objective's options are validated against the registry at
-construction, and an option that the chosen objective does not use is an error rather than ignored.
+(``--config file.yaml``) can set it. The objective's options are not restated here: each option an
+objective declares in the registry (:mod:`sedsft.losses.objectives`: its name, type, default, help) becomes
+one field, validated by the registry at construction; an option that the chosen objective does not use
+is an error rather than ignored. The calibration fields are :class:`sedsft.calibrate.CalibrationOptions`,
+shared with ``sedsft calibrate``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 
 from trl import SFTConfig
 
-from sedsft.calibrate import POSITIONS
+from sedsft.calibrate import CalibrationOptions, check_tau
 from sedsft.data import OVERFLOW
 from sedsft.errors import UserError
 from sedsft.losses import IMPLS, OBJECTIVES, get_objective
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 LOSS_IMPLS = ("auto", "fused", "logits")
-
-# config field -> the registry's option name; an objective receives the ones its options class declares
-_OPTION_FIELDS = {"top_k": "top_k", "lam": "lam", "tau": "tau", "gem_beta": "beta", "gem_h": "h"}
-_DEFAULTS = {"top_k": 2, "lam": 1.0, "tau": None, "gem_beta": 0.7, "gem_h": "linear"}
 _TAU_PLACEHOLDER = 0.5  # stands in for a tau still to be calibrated when validating the options
 
 
-@dataclass
-class SEDSFTConfig(SFTConfig):
-    """Training arguments for :class:`~sedsft.train.SEDSFTTrainer` (all of ``SFTConfig`` plus the fields below)."""
+def _option_fields() -> tuple[list[tuple], dict[str, str], dict[str, object]]:
+    """From the registry: the config fields (objective first), field name -> option name, field -> default.
 
-    objective: str = field(
+    An option several objectives declare (top_k) is one field. A required option (SED's tau) becomes
+    ``T | None`` with default None: the trainer supplies it (tau is calibrated).
+    """
+    declared: dict[str, tuple] = {}  # field name -> (option, its type, the objectives that take it)
+    for obj in OBJECTIVES.values():
+        hints = typing.get_type_hints(obj.options_cls)
+        fixed = {k for k, _ in obj.fixed}
+        for opt in fields(obj.options_cls):
+            if opt.name in fixed:
+                continue
+            name = opt.metadata.get("flag", opt.name)
+            first = declared.setdefault(name, (opt, hints[opt.name], []))
+            if (first[0].name, first[0].default) != (opt.name, opt.default):
+                raise TypeError(f"the registry declares option {name!r} twice with different defaults")
+            first[2].append(obj.name)
+    objective = field(
         default="sed",
         metadata={
             "help": f"training objective, one of: {', '.join(OBJECTIVES)}",
             "choices": list(OBJECTIVES),
         },
     )
-    top_k: int = field(
-        default=_DEFAULTS["top_k"],
-        metadata={"help": "k of the top-k probability mass P_topk (SED's mask; logged for every objective)"},
-    )
-    lam: float = field(
-        default=_DEFAULTS["lam"], metadata={"help": "SED-SFT: weight lambda of the penalty (p - 1/2)^2"}
-    )
-    mask_ratio: float = field(
-        default=0.7,
-        metadata={
-            "help": "SED-SFT: fraction r of positions left unpenalised; tau = (1 - r)-quantile of P_topk"
-        },
-    )
-    tau: float | None = field(
-        default=None,
-        metadata={
-            "help": "SED-SFT: mask threshold on P_topk; unset = calibrate on the initial model before training"
-        },
-    )
-    gem_beta: float = field(default=_DEFAULTS["gem_beta"], metadata={"help": "GEM: temperature beta"})
-    gem_h: str = field(
-        default=_DEFAULTS["gem_h"],
-        metadata={"help": "GEM: weight function h", "choices": ["linear", "logsigmoid"]},
-    )
+    specs: list[tuple] = [("objective", str, objective)]
+    for name, (opt, typ, users) in declared.items():
+        required = opt.default is MISSING
+        meta = {"help": f"{opt.metadata.get('help', opt.name)} (objectives: {', '.join(users)})"}
+        if "choices" in opt.metadata:
+            meta["choices"] = list(opt.metadata["choices"])
+        default = None if required else opt.default
+        specs.append((name, typ | None if required else typ, field(default=default, metadata=meta)))
+    names = {name: opt.name for name, (opt, _, _) in declared.items()}
+    defaults = {name: f.default for name, _, f in specs[1:]}
+    return specs, names, defaults
+
+
+_SPECS, _OPTION_NAMES, _DEFAULTS = _option_fields()
+ObjectiveFields = make_dataclass("ObjectiveFields", _SPECS)
+ObjectiveFields.__module__ = __name__
+ObjectiveFields.__doc__ = "The objective and every option the registry declares, one field each (generated)."
+
+
+@dataclass
+class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
+    """Training arguments for :class:`~sedsft.train.SEDSFTTrainer` (all of ``SFTConfig`` plus the fields below)."""
+
     loss_impl: str = field(
         default="auto",
         metadata={
@@ -76,23 +88,6 @@ class SEDSFTConfig(SFTConfig):
             "triton or torch",
             "choices": list(IMPLS),
         },
-    )
-    calibration_examples: int = field(
-        default=1000,
-        metadata={
-            "help": "tau calibration: training examples sampled (with `seed`) and scored by the initial model"
-        },
-    )
-    calibration_positions: str = field(
-        default="labels",
-        metadata={
-            "help": "tau calibration: 'labels' scores positions that predict a label token; 'all' every non-pad one",
-            "choices": list(POSITIONS),
-        },
-    )
-    calibration_max_tokens: int | None = field(
-        default=None,
-        metadata={"help": "tau calibration: cap on scored positions (in sample order); unset = all"},
     )
     dataset_path: str | None = field(
         default=None,
@@ -126,55 +121,71 @@ class SEDSFTConfig(SFTConfig):
             obj = get_objective(self.objective)
         except ValueError as e:
             raise UserError(f"--objective: {e}") from None
-        if not (0.0 <= float(self.mask_ratio) <= 1.0):
-            raise UserError(f"--mask_ratio must be in [0, 1], got {self.mask_ratio}")
-        if self.tau is not None and not (math.isfinite(float(self.tau)) and self.tau >= 0):
-            raise UserError(f"--tau must be a finite number >= 0 (or unset to calibrate), got {self.tau}")
         if self.loss_impl not in LOSS_IMPLS:
             raise UserError(f"--loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
         if self.fused_impl not in IMPLS:
             raise UserError(f"--fused_impl must be one of {IMPLS}, got {self.fused_impl!r}")
-        if self.calibration_positions not in POSITIONS:
-            raise UserError(
-                f"--calibration_positions must be one of {POSITIONS}, got {self.calibration_positions!r}"
-            )
         if self.overflow not in OVERFLOW:
             raise UserError(f"--overflow must be one of {OVERFLOW}, got {self.overflow!r}")
-        if isinstance(self.calibration_examples, bool) or int(self.calibration_examples) < 1:
-            raise UserError(f"--calibration_examples must be >= 1, got {self.calibration_examples}")
-        if self.calibration_max_tokens is not None and self.calibration_max_tokens < 1:
-            raise UserError(
-                f"--calibration_max_tokens must be >= 1 or unset, got {self.calibration_max_tokens}"
-            )
         accepted = self._accepted_options()
-        for name, option in _OPTION_FIELDS.items():
+        for name, option in _OPTION_NAMES.items():
             if option not in accepted and getattr(self, name) != _DEFAULTS[name]:
                 raise UserError(
                     f"--{name} does not apply to objective {self.objective!r} (its options: "
                     f"{', '.join(sorted(accepted)) or 'none'}); remove it or pick another --objective"
                 )
-        try:
-            obj.options(**self.objective_options(tau=self.tau if self.tau is not None else _TAU_PLACEHOLDER))
-        except ValueError as e:
-            raise UserError(f"invalid option for objective {self.objective!r}: {e}") from None
+        if self.tau is not None:
+            check_tau(self.tau)
+        options = self.objective_options(tau=self.tau if self.tau is not None else _TAU_PLACEHOLDER)
+        for name, option in _OPTION_NAMES.items():  # one option at a time, so the message names its flag
+            if option in options:
+                try:
+                    obj.options(**{**self._default_options(tau=_TAU_PLACEHOLDER), option: options[option]})
+                except (ValueError, TypeError) as e:
+                    raise UserError(f"--{name}: {e}") from None
+        self._check_calibration_options()
+
+    def _check_calibration_options(self) -> None:
+        """A calibration rule must be valid where tau is calibrated, and is refused beside a given --tau.
+
+        (An objective without tau ignores them, so that one config can serve every objective.)
+        """
+        if self.calibrates_tau:
+            self.calibration_spec(top_k=self.top_k, seed=self.seed)
+        elif self.needs_tau:
+            for f in fields(CalibrationOptions):
+                if getattr(self, f.name) != f.default:
+                    raise UserError(
+                        f"--{f.name} does not apply when --tau is given (tau is not calibrated); remove one"
+                    )
 
     def _accepted_options(self) -> set[str]:
         obj = get_objective(self.objective)
-        return {f for f in obj.options_cls.__dataclass_fields__} - {k for k, _ in obj.fixed}
+        return {f.name for f in fields(obj.options_cls)} - {k for k, _ in obj.fixed}
+
+    def _default_options(self, *, tau: float) -> dict:
+        accepted = self._accepted_options()
+        values = {_OPTION_NAMES[n]: d for n, d in _DEFAULTS.items() if _OPTION_NAMES[n] in accepted}
+        return {**values, "tau": tau} if "tau" in values else values
 
     @property
     def needs_tau(self) -> bool:
         """Whether the objective takes a tau (SED-SFT with the mask)."""
         return "tau" in self._accepted_options()
 
+    @property
+    def calibrates_tau(self) -> bool:
+        """Whether the trainer calibrates tau (the objective takes one and none is given)."""
+        return self.needs_tau and self.tau is None
+
     def objective_options(self, *, tau: float | None = None) -> dict:
         """Keyword options for ``objective_loss`` / ``fused_linear`` (``tau`` replaces the configured one)."""
         accepted = self._accepted_options()
-        values = {name: getattr(self, name) for name in _OPTION_FIELDS}
-        values["tau"] = tau if tau is not None else self.tau
-        out = {opt: values[name] for name, opt in _OPTION_FIELDS.items() if opt in accepted}
-        if "tau" in out and out["tau"] is None:
-            raise UserError("SED-SFT needs tau: pass --tau or let the trainer calibrate it")
+        out = {opt: getattr(self, name) for name, opt in _OPTION_NAMES.items() if opt in accepted}
+        if "tau" in out:
+            out["tau"] = tau if tau is not None else self.tau
+            if out["tau"] is None:
+                raise UserError("SED-SFT needs tau: pass --tau or let the trainer calibrate it")
         return out
 
 

@@ -10,9 +10,9 @@ What it changes in ``SFTTrainer``, and nothing else:
 - ``log``: the objective's statistics (mask_rate, de_penalty, gold_prob, entropy, topk_mass, top1_acc).
   Their sums are accumulated over the steps since the last log, all-reduced once and divided once.
 - ``train``: tau is fixed before the first step. Given (``tau``), taken from the checkpoint on resume, or
-  calibrated at the first training step (every rank scores its share of one seeded sample, the values are
-  gathered, and every rank computes the same exact quantile), then saved to ``sedsft_calibration.json``
-  in ``output_dir`` and in every checkpoint.
+  calibrated at the first training step by :func:`sedsft.calibrate.calibrate` (the loop ``sedsft
+  calibrate`` runs: every rank scores whole batches of one sample, the values are gathered, every rank
+  gets the same tau), then saved to ``sedsft_calibration.json`` in ``output_dir`` and in every checkpoint.
 
 Data is tokenized by :mod:`sedsft.data` (completion-only labels) and padded by :class:`SFTCollator`; TRL's
 own dataset preparation is skipped.
@@ -21,17 +21,14 @@ own dataset preparation is skipped.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 
 import torch
-from accelerate.utils import broadcast_object_list, gather_object
 from transformers import AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from sedsft.calibrate import CALIBRATION_FILE, Calibration, exact_quantile, topk_mass
+from sedsft.calibrate import CALIBRATION_FILE, Calibration, TokenizedRecords, calibrate
 from sedsft.data import SFTCollator, build_sft_dataset
 from sedsft.errors import UserError
 from sedsft.losses import BatchStats, check_fusable, fused_forward_loss, objective_loss
@@ -40,13 +37,6 @@ from .callbacks import SEDSFTFilesCallback
 from .config import SEDSFTConfig
 
 logger = logging.getLogger(__name__)
-
-_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-
-
-def calibration_sample(num_examples: int, size: int, *, seed: int) -> list[int]:
-    """The training-set indices tau is calibrated on (``sedsft calibrate`` draws the same ones)."""
-    return sorted(random.Random(seed).sample(range(num_examples), min(int(size), num_examples)))
 
 
 class SEDSFTTrainer(SFTTrainer):
@@ -70,6 +60,7 @@ class SEDSFTTrainer(SFTTrainer):
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         self.data_report = None
+        self._calibration_data = train_dataset  # as given: raw records are tokenized as sedsft calibrate does
         train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
             eval_dataset = self._tokenized(eval_dataset, processing_class, args, "eval")
@@ -148,15 +139,7 @@ class SEDSFTTrainer(SFTTrainer):
         """tau before training: the given one, or on resume the saved one (never recalibrated)."""
         if self.args.tau is not None:
             self.tau = float(self.args.tau)
-            self.calibration = Calibration(
-                tau=self.tau,
-                top_k=self.args.top_k,
-                mask_ratio=self.args.mask_ratio,
-                positions=self.args.calibration_positions,
-                num_positions=0,
-                num_sequences=0,
-                sample={"source": "given (--tau)"},
-            )
+            self.calibration = Calibration(tau=self.tau, spec=None, source={"given": "--tau"})
             self._save_calibration(self.args.output_dir)
             return
         if not resume_from_checkpoint:
@@ -167,17 +150,15 @@ class SEDSFTTrainer(SFTTrainer):
             ckpt = get_last_checkpoint(self.args.output_dir)
             if ckpt is None:
                 raise UserError(f"--resume_from_checkpoint: no checkpoint found in {self.args.output_dir}")
+        spec = self.args.calibration_spec(top_k=self.args.top_k, seed=self.args.seed)
         for folder in (ckpt, self.args.output_dir):
             path = os.path.join(folder, CALIBRATION_FILE)
             if os.path.isfile(path):
                 cal = Calibration.load(path)
-                if (cal.top_k, cal.positions) != (
-                    self.args.top_k,
-                    self.args.calibration_positions,
-                ) or not math.isclose(cal.mask_ratio, self.args.mask_ratio):
+                if cal.spec != spec:
                     raise UserError(
-                        f"{path} was calibrated with top_k={cal.top_k}, mask_ratio={cal.mask_ratio}, "
-                        f"positions={cal.positions}; resume with the same settings or pass --tau"
+                        f"{path} was calibrated with {_differences(cal.spec, spec)}; resume with the same "
+                        "calibration options or pass --tau"
                     )
                 self.tau, self.calibration = cal.tau, cal
                 logger.info("resuming with tau=%.6f from %s (not recalibrated)", cal.tau, path)
@@ -186,73 +167,31 @@ class SEDSFTTrainer(SFTTrainer):
             f"cannot resume SED-SFT: no {CALIBRATION_FILE} in {ckpt} or {self.args.output_dir}; pass --tau <value>"
         )
 
-    def _calibration_sample(self) -> list[int]:
-        return calibration_sample(
-            len(self.train_dataset), self.args.calibration_examples, seed=self.args.seed
-        )
+    def calibrate(self, model) -> Calibration:
+        """tau on ``model`` (the initial weights) by :func:`sedsft.calibrate.calibrate`; the same on every process.
 
-    @torch.no_grad()
-    def calibrate_tau(self, model) -> Calibration:
-        """tau on ``model`` (the initial weights) over a seeded sample; identical on every process.
-
-        Each process scores every ``num_processes``-th example of the sample with the same number of
-        forward passes (collectives inside DDP/ZeRO-3/FSDP forwards stay matched); the per-example values
-        are gathered, put back in sample order, and every process takes the same exact quantile.
+        The examples are the training data as given: raw records are tokenized with this run's
+        system_prompt / max_length / overflow (as ``sedsft calibrate`` tokenizes them), tokenized rows are
+        used as they are.
         """
-        args, acc = self.args, self.accelerator
-        sample = self._calibration_sample()
-        mine = sample[acc.process_index :: acc.num_processes]
-        bs = args.per_device_eval_batch_size
-        n_batches = math.ceil(math.ceil(len(sample) / acc.num_processes) / bs)
-        collate = self.data_collator
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        scored: list[tuple[int, torch.Tensor]] = []
-        try:
-            for b in range(n_batches):  # one forward per batch, the same count on every process
-                idx = mine[b * bs : (b + 1) * bs]
-                # a process with no rows left runs a spare forward (values dropped) to stay in step
-                rows = idx or sample[:1]
-                batch = {k: v.to(device) for k, v in collate([self.train_dataset[i] for i in rows]).items()}
-                scored += zip(idx, self._score(model, batch)[: len(idx)], strict=False)
-        finally:
-            model.train(was_training)
-        if acc.num_processes > 1:
-            scored = gather_object(scored)
-        scored.sort(key=lambda t: t[0])
-        values = torch.cat([v for _, v in scored]) if scored else torch.zeros(0)
-        if args.calibration_max_tokens is not None:
-            values = values[: args.calibration_max_tokens]
-        tau = exact_quantile(values, 1.0 - float(args.mask_ratio))
-        if acc.num_processes > 1:
-            tau = broadcast_object_list([tau], from_process=0)[0]  # already equal; made certain
-        return Calibration(
-            tau=tau,
-            top_k=args.top_k,
-            mask_ratio=float(args.mask_ratio),
-            positions=args.calibration_positions,
-            num_positions=int(values.numel()),
-            num_sequences=len(sample),
-            quantiles={f"q{int(q * 100):02d}": exact_quantile(values, q) for q in _QUANTILES},
-            sample={
-                "dataset": args.dataset_path,
-                "seed": args.seed,
-                "examples": len(sample),
-                "max_tokens": args.calibration_max_tokens,
-                "processes": acc.num_processes,
-            },
+        args, data = self.args, self._calibration_data
+        columns = getattr(data, "column_names", None) or []
+        if "input_ids" not in columns or "labels" not in columns:
+            data = TokenizedRecords(
+                data,
+                self.processing_class,
+                system_prompt=args.system_prompt,
+                max_length=args.max_length,
+                overflow=args.overflow,
+            )
+        return calibrate(
+            model,
+            data,
+            args.calibration_spec(top_k=args.top_k, seed=args.seed),
+            pad_token_id=self.processing_class.pad_token_id,
+            accelerator=self.accelerator,
+            source={"dataset": args.dataset_path},
         )
-
-    def _score(self, model, batch: dict) -> list[torch.Tensor]:
-        """P_topk at the calibration positions of each row of ``batch``, as CPU tensors."""
-        positions = self.args.calibration_positions
-        values = topk_mass(model, batch, top_k=self.args.top_k, positions=positions).cpu()  # [N] row-major
-        if positions == "labels":
-            counts = (batch["labels"][:, 1:] != -100).sum(1)  # [B]
-        else:
-            counts = batch["attention_mask"].sum(1)
-        return list(values.split(counts.tolist()))
 
     def _save_calibration(self, folder: str) -> None:
         if self.calibration is not None and self.accelerator.is_main_process:
@@ -263,16 +202,18 @@ class SEDSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         if self.args.needs_tau and self.tau is None:
-            self.calibration = self.calibrate_tau(model)
+            self.calibration = self.calibrate(model)
             self.tau = self.calibration.tau
             self._save_calibration(self.args.output_dir)
+            spec = self.calibration.spec
             logger.info(
-                "calibrated tau=%.6f on %d positions (%d examples, top_k=%d, r=%.2f)",
+                "calibrated tau=%.6f on %d positions (%d examples, preset=%s, top_k=%d, r=%.2f)",
                 self.tau,
                 self.calibration.num_positions,
                 self.calibration.num_sequences,
-                self.args.top_k,
-                self.args.mask_ratio,
+                spec.preset,
+                spec.top_k,
+                spec.mask_ratio,
             )
         options = self.args.objective_options(tau=self.tau)
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels") if k in inputs}
@@ -326,3 +267,13 @@ class SEDSFTTrainer(SFTTrainer):
         if self.tau is not None and mode == "train":
             logs["tau"] = self.tau
         super().log(logs, start_time)
+
+
+def _differences(saved, wanted) -> str:
+    """``field=saved (now wanted)`` for each field where two calibration specs differ."""
+    if saved is None:
+        return "a given tau (--tau)"
+    diff = [
+        f"{k}={v!r} (now {getattr(wanted, k)!r})" for k, v in vars(saved).items() if getattr(wanted, k) != v
+    ]
+    return ", ".join(diff)
