@@ -180,12 +180,14 @@ def test_order_statistic_is_the_released_index():
 
 def test_presets_and_overrides():
     s = CalibrationSpec.from_preset("paper", top_k=3, mask_ratio=0.6, seed=7)
-    assert (s.top_k, s.examples, s.positions, s.statistic, s.sample, s.seed) == (3, 1000, "labels", "quantile", "random", 7)
+    paper = (s.top_k, s.examples, s.positions, s.statistic, s.sample, s.seed)
+    assert paper == (3, 1000, "labels", "quantile", "random", 7)
     s = CalibrationSpec.from_preset("authors", top_k=3, mask_ratio=0.6, calibration_top_k=3, examples=50)
     assert (s.top_k, s.examples, s.statistic, s.round_to_logits) == (3, 50, "order", True)
     assert sample_indices(10, examples=4, rule="first") == [0, 1, 2, 3]
     a = sample_indices(1000, examples=5, seed=1)
-    assert a == sorted(a) and a == sample_indices(1000, examples=5, seed=1) != sample_indices(1000, examples=5, seed=2)
+    assert a == sorted(a) == sample_indices(1000, examples=5, seed=1)
+    assert a != sample_indices(1000, examples=5, seed=2)
 
 
 @pytest.mark.parametrize(
