@@ -20,7 +20,7 @@ from sedsft.calibrate import (
 )
 from sedsft.data import SFTCollator
 from sedsft.errors import UserError
-from sedsft.scoring import MAX_TOP_K, score_batch
+from sedsft.scoring import MAX_TOP_K, check_length, context_length, score_batch
 
 V = 67
 PAD = 0
@@ -105,10 +105,17 @@ def test_the_engine_path_projects_one_position_and_the_fallback_agrees(model):
     torch.testing.assert_close(logits_path.stats.logp, fused.stats.logp, atol=1e-5, rtol=0)
 
 
-def test_sequences_longer_than_the_context_are_refused(model):
-    rows = [{"input_ids": [1] * 65, "labels": [1] * 65}]
+def test_sizes_are_bounded(model):
+    assert context_length(model) == 64
+    yarn = LlamaConfig(
+        max_position_embeddings=32768,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+    )
+    holder = torch.nn.Module()
+    holder.config = yarn
+    assert context_length(holder) == 4 * 32768  # RoPE scaling extends the context
     with pytest.raises(UserError, match=r"longer than the model's context \(64 positions.*--max_length 64"):
-        score_batch(model, SFTCollator(PAD)(rows), top_k=2)
+        check_length(model, 65)
     with pytest.raises(UserError, match=rf"top_k must be an integer in 1..{MAX_TOP_K}"):
         score_batch(model, SFTCollator(PAD)(make_rows(1)), top_k=MAX_TOP_K + 1)
 

@@ -64,11 +64,23 @@ def context_length(model: nn.Module) -> int | None:
     n = getattr(cfg, "max_position_embeddings", None)
     if not isinstance(n, int):
         return None
-    rope = getattr(cfg, "rope_scaling", None) or {}
+    rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None)
+    rope = rope if isinstance(rope, dict) else {}
     factor, original = rope.get("factor"), rope.get("original_max_position_embeddings")
     if isinstance(factor, (int, float)) and isinstance(original, int):
         n = max(n, int(factor * original))
     return n
+
+
+def check_length(model: nn.Module, length: int) -> None:
+    """Refuse a sequence longer than the model's context: beyond it the numbers mean little, and attention's
+    memory grows with the square of the length (a 200,000-token record asks for tens of GB)."""
+    context = context_length(model)
+    if context is not None and length > context:
+        raise UserError(
+            f"a sequence of {length} tokens is longer than the model's context ({context} positions, "
+            f"max_position_embeddings); truncate the data to at most {context} tokens (--max_length {context})"
+        )
 
 
 @contextmanager
@@ -111,17 +123,11 @@ def score_batch(
 
     ``batch`` holds ``[B, T]`` tensors: ``input_ids``, ``attention_mask`` (optional), ``labels`` (needed for
     ``positions="labels"``), ``position_ids`` (optional). The caller chooses train/eval mode (see
-    :func:`eval_mode`). A sequence longer than the model's context is refused with a message.
+    :func:`eval_mode`) and, where the data is not training data, bounds the length (:func:`check_length`).
     """
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     check_top_k(top_k)
-    length, context = batch["input_ids"].shape[1], context_length(model)
-    if context is not None and length > context:
-        raise UserError(
-            f"a sequence of {length} tokens is longer than the model's context ({context} positions, "
-            f"max_position_embeddings); truncate the data to at most {context} tokens (--max_length {context})"
-        )
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
     sel, target = _selection(batch, positions)

@@ -29,7 +29,7 @@ from sedsft.calibrate import check_tau, pad_id
 from sedsft.errors import UserError
 from sedsft.io import atomic_write_json, atomic_write_text
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
-from sedsft.scoring import MAX_TOP_K, check_top_k, eval_mode, score_batch
+from sedsft.scoring import MAX_TOP_K, check_length, check_top_k, eval_mode, score_batch
 
 from .inputs import MAX_LENGTH, TokenizedRecord, tokenize_records
 from .plots import new_figure, save_png
@@ -106,6 +106,7 @@ def score_tokens(
         )
     if all(x == -100 for x in example.labels[1:]):
         raise UserError("the example has no response (label) tokens to show; check its response field")
+    check_length(model, len(example.input_ids))
     batch = SFTCollator(pad_id(tokenizer))([example.row()])
     with eval_mode(model):
         scored = score_batch(

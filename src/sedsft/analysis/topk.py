@@ -38,7 +38,7 @@ from sedsft.calibrate import (
 from sedsft.errors import UserError
 from sedsft.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
-from sedsft.scoring import check_top_k, eval_mode, score_batch
+from sedsft.scoring import check_length, check_top_k, eval_mode, score_batch
 
 from .inputs import MAX_LENGTH, batches_of, tokenize_records
 from .plots import new_figure, save_png
@@ -98,6 +98,7 @@ def topk_distribution(
     n_seq = n_pos = 0
     with eval_mode(model):
         for batch in batches:
+            check_length(model, batch["input_ids"].shape[1])
             scored = score_batch(model, batch, top_k=max_k, positions=positions, chunk_size=chunk_size)
             v = scored.stats.cumulative()  # [n, k'], k' = min(max_k, vocabulary)
             if v.shape[1] < max_k:  # k beyond the vocabulary: all the mass is already in
