@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, check_choice, check_count, check_number
 from .io import atomic_write_json, read_json
 from .prompts import DEFAULT_SYSTEM_PROMPT
 from .scoring import POSITIONS, ScoredPositions, check_top_k, eval_mode, score_batch
@@ -80,28 +80,15 @@ class CalibrationSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "mask_ratio", check_mask_ratio(self.mask_ratio))
-        check_top_k(self.top_k, name="the calibration's top_k (--top_k or --calibration_top_k)")
-        for name, value, allowed in (
-            ("--calibration_preset", self.preset, tuple(PRESETS)),
-            ("--calibration_positions", self.positions, POSITIONS),
-            ("sample", self.sample, SAMPLES),
-            ("statistic", self.statistic, STATISTICS),
-        ):
-            if value not in allowed:
-                raise UserError(f"{name} must be one of {allowed}, got {value!r}")
-        for name, value, optional in (
-            ("--calibration_examples", self.examples, False),
-            ("--calibration_batch_size", self.batch_size, False),
-            ("--calibration_max_tokens", self.max_tokens, True),
-        ):
-            if optional and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(
-                    f"{name} must be an integer >= 1{' or unset' if optional else ''}, got {value!r}"
-                )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise UserError(f"--seed must be an integer, got {self.seed!r}")
+        check_top_k(self.top_k, name="the calibration's top_k (top_k, or calibration_top_k)")
+        check_choice("calibration_preset", self.preset, tuple(PRESETS))
+        check_choice("calibration_positions", self.positions, POSITIONS)
+        check_choice("sample", self.sample, SAMPLES)
+        check_choice("statistic", self.statistic, STATISTICS)
+        check_count("calibration_examples", self.examples)
+        check_count("calibration_batch_size", self.batch_size)
+        check_count("calibration_max_tokens", self.max_tokens, allow_none=True)
+        check_number("seed", self.seed, integer=True)
 
     @classmethod
     def from_preset(
@@ -118,9 +105,7 @@ class CalibrationSpec:
         max_tokens: int | None = None,
     ) -> CalibrationSpec:
         """The preset's rule; each argument given (not None) replaces the preset's value. ``top_k``: the mask's k."""
-        if preset not in PRESETS:
-            raise UserError(f"--calibration_preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        rule = dict(PRESETS[preset])
+        rule = dict(PRESETS[check_choice("calibration_preset", preset, tuple(PRESETS))])
         rule["top_k"] = rule["top_k"] or top_k
         given = dict(examples=examples, positions=positions, top_k=calibration_top_k, batch_size=batch_size)
         rule.update({k: v for k, v in given.items() if v is not None})
@@ -257,26 +242,21 @@ def sample_indices(
 
     ``rule="random"``: a seeded random sample; ``"first"``: the first ones in file order.
     """
-    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
-        raise UserError(f"the number of examples must be an integer >= 1, got {examples!r}")
+    check_count("num_examples", examples, allow_none=True)
     n = total if examples is None else min(examples, total)
     if rule == "first" or n == total:
         return list(range(n))
     return sorted(random.Random(seed).sample(range(total), n))
 
 
-def check_mask_ratio(r, *, name: str = "--mask_ratio") -> float:
+def check_mask_ratio(r, *, name: str = "mask_ratio") -> float:
     """r as a number in [0, 1] (NaN refused), else a one-line error naming ``name``."""
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
-        raise UserError(f"{name} must be in [0, 1], got {r}")
-    return float(r)
+    return float(check_number(name, r, low=0, high=1))
 
 
-def check_tau(tau, *, name: str = "--tau") -> float:
-    """tau as a number: finite and >= 0 (P_topk lies in [0, 1]), else a one-line error naming ``name``."""
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and tau >= 0):
-        raise UserError(f"{name} must be a finite number >= 0 (P_topk lies in [0, 1]), got {tau!r}")
-    return float(tau)
+def check_tau(tau, *, name: str = "tau") -> float:
+    """tau as a finite number >= 0 (P_topk lies in [0, 1]), else a one-line error naming ``name``."""
+    return float(check_number(name, tau, low=0))
 
 
 def exact_quantile(values: Tensor, q: float) -> float:
@@ -330,6 +310,7 @@ def calibrate(
     *,
     pad_token_id: int,
     accelerator=None,
+    impl: str = "auto",
     source: dict | None = None,
 ) -> Calibration:
     """Score the spec's sample of ``examples`` with ``model`` and return tau with its record.
@@ -339,6 +320,7 @@ def calibrate(
     out whole (process p scores batches p, p + P, ...; each batch is the same on any number of
     processes), every process runs the same number of forward passes (collectives inside ZeRO-3/FSDP
     forwards stay matched), the values are gathered in sample order and every process gets the same tau.
+    ``impl`` is the engine's implementation (:func:`sedsft.losses.token_stats`).
     """
     from .data import SFTCollator
 
@@ -357,9 +339,8 @@ def calibrate(
     with eval_mode(model):
         for b in range(rank, math.ceil(len(batches) / world) * world, world):
             part = batches[b] if b < len(batches) else batches[0]  # a spare forward keeps processes in step
-            out = score_batch(
-                model, collate([row for _, row in part]), top_k=spec.top_k, positions=spec.positions
-            )
+            batch = collate([row for _, row in part])
+            out = score_batch(model, batch, top_k=spec.top_k, positions=spec.positions, impl=impl)
             if b < len(batches):
                 pieces = out.per_row(calibration_values(out, spec).cpu(), len(part))
                 scored += [(i, v) for (i, _), v in zip(part, pieces, strict=True)]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
+from .errors import UserError, check_number
 from .losses import TokenStats, check_fusable, hidden_and_head, token_stats
 from .losses.head import unwrap
 
@@ -53,9 +53,7 @@ class ScoredPositions:
 
 def check_top_k(k, *, name: str = "top_k") -> int:
     """``k`` as a scoring size: an integer in 1..MAX_TOP_K, else a one-line error naming ``name``."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
-        raise UserError(f"{name} must be an integer in 1..{MAX_TOP_K}, got {k!r}")
-    return k
+    return check_number(name, k, low=1, high=MAX_TOP_K, integer=True)
 
 
 def context_length(model: nn.Module) -> int | None:
@@ -118,12 +116,14 @@ def score_batch(
     top_k: int,
     positions: str = "labels",
     chunk_size: int | None = None,
+    impl: str = "auto",
 ) -> ScoredPositions:
     """Run ``model`` on ``batch`` and return the next-token statistics at the chosen positions.
 
     ``batch`` holds ``[B, T]`` tensors: ``input_ids``, ``attention_mask`` (optional), ``labels`` (needed for
     ``positions="labels"``), ``position_ids`` (optional). The caller chooses train/eval mode (see
     :func:`eval_mode`) and, where the data is not training data, bounds the length (:func:`check_length`).
+    ``impl`` and ``chunk_size`` go to :func:`~sedsft.losses.token_stats` (the engine's implementation).
     """
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
@@ -146,6 +146,7 @@ def score_batch(
         logits = model(**inputs, use_cache=False).logits  # [B, T, V]
         rows, weight, bias, dtype = logits[sel], None, None, logits.dtype  # [N, V]
     with torch.autocast(device_type=device.type, enabled=False):  # the head in its own dtype, fp32 statistics
-        stats = token_stats(rows, weight, gold, bias=bias, top_k=top_k, chunk_size=chunk_size)
+        impl = impl if fusable else "torch"  # rows that are logits take the torch path
+        stats = token_stats(rows, weight, gold, bias=bias, top_k=top_k, chunk_size=chunk_size, impl=impl)
     row, position = sel.nonzero(as_tuple=True)  # row-major: the order of hidden[sel]
     return ScoredPositions(stats=stats, row=row, position=position, target=target[sel], logits_dtype=dtype)

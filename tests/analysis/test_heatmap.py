@@ -91,7 +91,7 @@ def test_example_without_labels_is_an_error(model, tokenizer):
 
 @pytest.mark.parametrize("tau", [float("nan"), -0.1, float("inf")])
 def test_meaningless_tau_is_refused(model, tokenizer, records, tau):
-    with pytest.raises(UserError, match="--tau must be a finite number >= 0"):
+    with pytest.raises(UserError, match="tau must be a finite number >= 0"):
         analyze_heatmap(model, tokenizer, records[0], tau=tau)
 
 
@@ -101,5 +101,5 @@ def test_oversized_records_and_sizes_are_refused(model, tokenizer, records):
         analyze_heatmap(model, tokenizer, long, max_length=None)
     hm = analyze_heatmap(model, tokenizer, long, max_length=120, num_alternatives=0)
     assert len(hm.tokens) == 120 - hm.tokens[0].index and all(t.alternatives == [] for t in hm.tokens)
-    with pytest.raises(UserError, match="num_alternatives must be an integer in 0..100"):
+    with pytest.raises(UserError, match=r"num_alternatives must be an integer in \[0, 100\]"):
         analyze_heatmap(model, tokenizer, records[0], num_alternatives=10**6)

@@ -109,7 +109,7 @@ def test_report_files_and_tau_table(model, tokenizer, records, tmp_path):
 
 
 def test_oversized_requests_are_refused_at_once(model, tokenizer, records):
-    with pytest.raises(UserError, match=rf"max_k must be an integer in 1..{MAX_TOP_K}, got 100000"):
+    with pytest.raises(UserError, match=rf"max_k must be an integer in \[1, {MAX_TOP_K}\], got 100000"):
         analyze_topk(model, tokenizer, records, max_k=100_000)
     long = [{"question": "Add these.", "response": "1+" * 100_000 + "1"}]  # 200,001 characters
     with pytest.raises(UserError, match=r"longer than the model's context \(256 positions.*--max_length 256"):

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sedsft.calibrate import DEFAULT_SEED
 from sedsft.errors import UserError
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+
+from .inputs import MAX_LENGTH
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,10 +44,10 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--no_system_prompt", action="store_true", help="render conversations without a system turn"
     )
     p.add_argument(
-        "--max_length", type=int, default=None, help="truncate tokenized examples to this many tokens"
+        "--max_length", type=int, default=MAX_LENGTH, help="truncate tokenized examples (default: sft's 1024)"
     )
     p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data sample")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the data sample (sft's --seed)")
     p.add_argument("--num_examples", type=int, default=100, help="records sampled from --data (all if fewer)")
 
 

@@ -26,7 +26,7 @@ from matplotlib.colors import Normalize, to_hex
 from matplotlib.patches import Rectangle
 
 from sedsft.calibrate import check_tau, pad_id
-from sedsft.errors import UserError
+from sedsft.errors import UserError, check_number
 from sedsft.io import atomic_write_json, atomic_write_text
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.scoring import MAX_TOP_K, check_length, check_top_k, eval_mode, score_batch
@@ -90,13 +90,8 @@ def score_tokens(
     """Per-token gold probability, P_topk and top alternatives over the label tokens of one tokenized example."""
     from sedsft.data import SFTCollator
 
-    check_top_k(top_k)
-    if (
-        isinstance(num_alternatives, bool)
-        or not isinstance(num_alternatives, int)
-        or not 0 <= num_alternatives <= MAX_TOP_K
-    ):
-        raise UserError(f"num_alternatives must be an integer in 0..{MAX_TOP_K}, got {num_alternatives!r}")
+    top_k = check_top_k(top_k)
+    num_alternatives = check_number("num_alternatives", num_alternatives, low=0, high=MAX_TOP_K, integer=True)
     tau = None if tau is None else check_tau(tau)
     if isinstance(example, dict):
         example = TokenizedRecord(

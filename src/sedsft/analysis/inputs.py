@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from sedsft.calibrate import TokenizedRecords
-from sedsft.errors import UserError
+from sedsft.errors import UserError, check_count
 from sedsft.models import load_local_model
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -78,8 +78,7 @@ def batches_of(examples: Sequence[TokenizedRecord], *, batch_size: int, pad_toke
     """Padded batches of ``batch_size`` examples in order (the last one may be smaller)."""
     from sedsft.data import SFTCollator
 
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    check_count("batch_size", batch_size)
     collator = SFTCollator(pad_token_id)
     for start in range(0, len(examples), batch_size):
         yield collator([e.row() for e in examples[start : start + batch_size]])

@@ -93,7 +93,7 @@ def topk_distribution(
     chunk_size: int | None = None,
 ) -> TopkDistribution:
     """Stream ``batches`` (dicts with input_ids, attention_mask, labels) through ``model``; keep P_topk per position."""
-    check_top_k(max_k, name="max_k")
+    max_k = check_top_k(max_k, name="max_k")
     vals, seqs, poss, toks = [], [], [], []
     n_seq = n_pos = 0
     with eval_mode(model):
@@ -294,9 +294,9 @@ def analyze_topk(
     ``topk_histogram.csv`` (histogram and ECDF per k), ``topk_positions.parquet`` (every position's
     values, up to a million positions), ``topk_summary.json`` (all of it plus ``meta``) and ``topk.png``.
     """
-    check_top_k(max_k, name="max_k")
+    max_k = check_top_k(max_k, name="max_k")
     for r in mask_ratios:
-        check_mask_ratio(r, name="each mask ratio")
+        check_mask_ratio(r, name="mask_ratios (each)")
     chosen = sample_indices(len(records), examples=num_examples, seed=seed)
     examples = tokenize_records(
         tokenizer, records, system_prompt=system_prompt, max_length=max_length, indices=chosen

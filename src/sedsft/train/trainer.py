@@ -190,6 +190,7 @@ class SEDSFTTrainer(SFTTrainer):
             args.calibration_spec(top_k=args.top_k, seed=args.seed),
             pad_token_id=self.processing_class.pad_token_id,
             accelerator=self.accelerator,
+            impl=args.fused_impl,
             source={"dataset": args.dataset_path},
         )
 
