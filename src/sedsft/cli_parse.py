@@ -53,6 +53,7 @@ from trl import TrlParser
 from sedsft.errors import UserError, check_choice, check_count, check_number
 from sedsft.models import DTYPES, check_device
 
+BACKENDS = ("auto", "hf", "vllm")
 _OUR_METADATA = ("manifest",)  # field metadata read by sedsft, not passed to argparse
 NO_SYSTEM_PROMPT = "none"
 SYSTEM_PROMPT_HELP = (
@@ -314,11 +315,14 @@ def parse_command(command: str, argv, *dataclass_types, description: str | None 
 class ModelOptions:
     """Which local model to load and how (calibrate, analyze, eval, filter)."""
 
+    # the folders themselves are run inputs (path and fingerprint), hence not manifest settings
     model: str | None = field(
-        default=None, metadata={"help": "local checkpoint folder (config.json, weights, tokenizer)"}
+        default=None,
+        metadata={"help": "local checkpoint folder (config.json, weights, tokenizer)", "manifest": False},
     )
     tokenizer: str | None = field(
-        default=None, metadata={"help": "tokenizer folder, when it is not saved with the model"}
+        default=None,
+        metadata={"help": "tokenizer folder, when it is not saved with the model", "manifest": False},
     )
     dtype: str = field(
         default="auto", metadata={"help": "weights' dtype ('auto': as saved)", "choices": list(DTYPES)}
@@ -334,6 +338,24 @@ class ModelOptions:
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
         self.device = check_device(self.device)
+
+
+@dataclass
+class BackendOptions:
+    """Which generation backend samples (eval, filter)."""
+
+    backend: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: vLLM when installed and a GPU is there, else Transformers (hf)",
+            "choices": list(BACKENDS),
+        },
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model with the vllm backend"})
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, BACKENDS)
+        check_count("tensor_parallel_size", self.tensor_parallel_size)
 
 
 @dataclass

@@ -124,6 +124,12 @@ def training_settings(*configs) -> dict:
 # ---- fingerprints ---------------------------------------------------------------------------------
 
 
+def digest(obj: Any) -> str:
+    """SHA-256 of ``obj`` as canonical JSON: the identity of in-memory inputs (a prompt list, a problem set)."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def file_fingerprint(path: Path) -> str:
     st = path.stat()
     if st.st_size > SMALL_FILE:

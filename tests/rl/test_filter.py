@@ -7,7 +7,6 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from sedsft.cli import main as sedsft_main
 from sedsft.eval.generation import Sample
 from sedsft.rl.filter import FilterConfig, filter_prompts
 from sedsft.rl.filter_cli import write_same_layout
@@ -102,27 +101,3 @@ def test_kept_records_keep_their_layout(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), src)
     path = write_same_layout([{**rows[0], "_source": "in.parquet:1"}], src, tmp_path / "out")
     assert path.name == "kept.parquet" and pq.read_table(path).to_pylist() == rows
-
-
-def test_cli_on_a_tiny_model_resumes(tiny_checkpoint, qa_file, tmp_path, capsys):
-    out = tmp_path / "filter"
-    argv = ["filter", "--model", str(tiny_checkpoint), "--data", str(qa_file), "--output_dir", str(out)]
-    argv += [
-        "--n",
-        "2",
-        "--max_new_tokens",
-        "4",
-        "--grading_workers",
-        "0",
-        "--no_progress",
-        "--backend",
-        "hf",
-    ]
-    assert sedsft_main(argv) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["prompts"] == 4 and summary["sampled_now"] == 4
-    assert len((out / "solve_rates.jsonl").read_text().splitlines()) == 4
-    assert sedsft_main(argv) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert (summary["sampled_now"], summary["resumed"]) == (0, 4)
-    assert "sedsft filter: kept" in capsys.readouterr().out

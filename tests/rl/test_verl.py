@@ -82,4 +82,4 @@ def test_export_errors_are_one_line(qa_file, tmp_path, capsys):
         )
         == 2
     )
-    assert "val_fraction must be in [0, 1)" in capsys.readouterr().err
+    assert "val_fraction must be a finite number in [0, 1)" in capsys.readouterr().err

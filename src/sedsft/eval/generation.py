@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from sedsft.errors import UserError
+from sedsft.errors import UserError, check_count, check_number
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,11 @@ class SamplingConfig:
     seed: int = field(default=0, metadata={"help": "random seed of this call"})
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.n < 1:
-            raise UserError(f"n must be >= 1, got {self.n}")
+        check_number("temperature", self.temperature, low=0)
+        check_number("top_p", self.top_p, low=0, high=1, open_low=True)
+        check_count("max_new_tokens", self.max_new_tokens)
+        check_count("n", self.n)
+        check_count("seed", self.seed, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -70,6 +67,7 @@ class HFBackend:
         cls,
         path: str | Path,
         *,
+        tokenizer: str | Path | None = None,
         dtype: str = "auto",
         device: str | None = None,
         trust_remote_code: bool = False,
@@ -79,7 +77,7 @@ class HFBackend:
         from sedsft.models import load_local_model
 
         model, tokenizer = load_local_model(
-            path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+            path, tokenizer_path=tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code
         )
         return cls(model, tokenizer, batch_size=batch_size)
 
@@ -173,6 +171,7 @@ class VLLMBackend:
         cls,
         path: str | Path,
         *,
+        tokenizer: str | Path | None = None,
         dtype: str = "auto",
         trust_remote_code: bool = False,
         tensor_parallel_size: int = 1,
@@ -185,6 +184,7 @@ class VLLMBackend:
             raise UserError("vLLM is not installed; pip install 'sedsft[vllm]' or use --backend hf") from e
         llm = LLM(
             model=str(path),
+            tokenizer=str(tokenizer) if tokenizer is not None else None,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             tensor_parallel_size=tensor_parallel_size,
@@ -226,6 +226,7 @@ def load_backend(
     model: str,
     *,
     backend: str = "auto",
+    tokenizer: str | None = None,
     dtype: str = "auto",
     device: str | None = None,
     trust_remote_code: bool = False,
@@ -236,28 +237,39 @@ def load_backend(
     are there; Transformers ``generate`` otherwise. Shared by ``sedsft eval`` and ``sedsft filter``."""
     import torch
 
-    from sedsft.models import check_local_model
+    from sedsft.models import check_local_model, check_tokenizer_folder
 
     if backend not in ("auto", "hf", "vllm"):
-        raise ValueError(f"backend must be auto, hf or vllm, got {backend!r}")
+        raise UserError(f"backend must be auto, hf or vllm, got {backend!r}")
     model = check_local_model(model)
     if backend == "vllm" or (backend == "auto" and vllm_available() and torch.cuda.is_available()):
+        check_tokenizer_folder(tokenizer or model, flag="--tokenizer" if tokenizer else "--model")
         return VLLMBackend.from_pretrained(
-            model, dtype=dtype, trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size
+            model,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
         )
     return HFBackend.from_pretrained(
-        model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, batch_size=batch_size
+        model,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        batch_size=batch_size,
     )
 
 
-def backend_from_args(args) -> HFBackend | VLLMBackend:
-    """:func:`load_backend` from the ``--model/--backend/--dtype/...`` flags both CLIs share."""
+def backend_from_options(model, options, *, batch_size: int) -> HFBackend | VLLMBackend:
+    """:func:`load_backend` from the option groups eval and filter share (``sedsft.cli_parse``)."""
     return load_backend(
-        args.model,
-        backend=args.backend,
-        dtype=args.dtype,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
-        tensor_parallel_size=args.tensor_parallel_size,
-        batch_size=args.batch_size,
+        model.model,
+        backend=options.backend,
+        tokenizer=model.tokenizer,
+        dtype=model.dtype,
+        device=model.device,
+        trust_remote_code=model.trust_remote_code,
+        tensor_parallel_size=options.tensor_parallel_size,
+        batch_size=batch_size,
     )

@@ -8,11 +8,14 @@ does the same with any generation backend of ``sedsft.eval.generation`` (Transfo
     result = filter_prompts(prompts, HFBackend(model, tokenizer), config=FilterConfig(n=8))
     kept = [prompts[i] for i in result.kept]
 
-Resumable: with ``log_path`` every finished prompt is appended to a JSONL log (``JsonlLog``) as soon
-as its n samples are graded, and a rerun reads the log back and samples only the prompts not in it.
-A prompt is identified by its position and a hash of its messages and gold, so a log is never
-applied to a different file. Prompts without a gold answer are never sampled (solve rate None) and
-never kept.
+Resumable, exactly: with ``log_path`` every finished prompt is appended to a JSONL log (``JsonlLog``)
+as soon as its n samples are graded, and a rerun reads the log back. Batches are fixed groups of
+``batch_prompts`` consecutive gradable prompts, each seeded from its first prompt's index, the same in
+every run; a rerun skips the batches that are fully logged and regenerates any other batch whole
+(a batch cut mid-way by a kill is sampled again as it was, and only its missing prompts are
+appended), so a resumed run equals an uninterrupted one. A prompt is identified by its position and
+a hash of its messages and gold, so a log is never applied to a different file. Prompts without a
+gold answer are never sampled (solve rate None) and never kept.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sedsft.errors import UserError
+from sedsft.errors import UserError, check_count, check_number
 from sedsft.eval.grader_pool import GraderPool, grade_one
 from sedsft.io import JsonlLog
 from sedsft.rl.prompts import RLPrompt
@@ -50,11 +53,15 @@ class FilterConfig:
     save_responses: bool = field(default=False, metadata={"help": "keep the sampled responses in the log"})
 
     def __post_init__(self):
-        if self.n < 1:
-            raise UserError(f"n must be >= 1, got {self.n}")
-        if self.batch_prompts < 1:
-            raise UserError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
-        if not 0.0 <= self.min_rate < self.max_rate <= 1.0:
+        check_count("n", self.n)
+        check_number("temperature", self.temperature, low=0)
+        check_number("top_p", self.top_p, low=0, high=1, open_low=True)
+        check_count("max_new_tokens", self.max_new_tokens)
+        check_count("seed", self.seed, minimum=0)
+        check_count("batch_prompts", self.batch_prompts)
+        check_number("min_rate", self.min_rate, low=0, high=1)
+        check_number("max_rate", self.max_rate, low=0, high=1)
+        if not self.min_rate < self.max_rate:
             raise UserError(f"need 0 <= min_rate < max_rate <= 1, got {self.min_rate} and {self.max_rate}")
 
     def keeps(self, rate: float | None) -> bool:
@@ -135,18 +142,21 @@ def filter_prompts(
     done = _read_log(log, config.n) if log is not None else {}
     rates: dict[str, float | None] = {k: r["solve_rate"] for k, r in done.items()}
     num_resumed = sum(k in rates for k in keys)
-    todo = [i for i, (p, k) in enumerate(zip(prompts, keys, strict=True)) if k not in rates and p.answer]
     for p, k in zip(prompts, keys, strict=True):
         if not p.answer:
             rates[k] = None  # nothing to grade against: never sampled, never kept
+    # Fixed batches over every gradable prompt, whatever is logged: a resumed run samples as an uninterrupted one.
+    gradable = [i for i, p in enumerate(prompts) if p.answer]
+    batches = [gradable[s : s + config.batch_prompts] for s in range(0, len(gradable), config.batch_prompts)]
+    batches = [b for b in batches if any(keys[i] not in rates for i in b)]
+    num_sampled = sum(keys[i] not in rates for b in batches for i in b)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="filter", unit="prompt")
-    for start in range(0, len(todo), config.batch_prompts):
-        batch = todo[start : start + config.batch_prompts]
+        bar = tqdm(total=num_sampled, desc="filter", unit="prompt")
+    for batch in batches:
         cfg = SamplingConfig(
             temperature=config.temperature,
             top_p=config.top_p,
@@ -159,14 +169,18 @@ def filter_prompts(
             raise RuntimeError(
                 f"backend returned {[len(s) for s in samples]} samples for {len(batch)} prompts x {config.n}"
             )
-        tasks = [(s.text, prompts[i].answer) for i, group in zip(batch, samples, strict=True) for s in group]
+        missing = [
+            j for j, i in enumerate(batch) if keys[i] not in rates
+        ]  # a torn batch keeps its logged part
+        tasks = [(s.text, prompts[batch[j]].answer) for j in missing for s in samples[j]]
         if pool is not None:
             grades = pool.grade(tasks, grader=grader)
         else:
             grades = [grade_one(response, gold, grader) for response, gold in tasks]
         records = []
-        for j, i in enumerate(batch):
-            group = grades[j * config.n : (j + 1) * config.n]
+        for m, j in enumerate(missing):
+            i = batch[j]
+            group = grades[m * config.n : (m + 1) * config.n]
             correct = [g.correct for g in group]
             record = {
                 "key": keys[i],
@@ -184,10 +198,10 @@ def filter_prompts(
         if log is not None:
             log.extend(records)  # one batch of finished prompts: a rerun will not sample them again
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(len(missing))
     if bar is not None:
         bar.close()
 
     solve_rates = [rates[k] for k in keys]
     kept = [i for i, r in enumerate(solve_rates) if config.keeps(r)]
-    return FilterResult(solve_rates=solve_rates, kept=kept, num_sampled=len(todo), num_resumed=num_resumed)
+    return FilterResult(solve_rates=solve_rates, kept=kept, num_sampled=num_sampled, num_resumed=num_resumed)

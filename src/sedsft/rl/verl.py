@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sedsft.errors import UserError
+from sedsft.errors import UserError, check_number
+from sedsft.io import atomic_write_bytes
 from sedsft.rl.prompts import RLPrompt
+from sedsft.runs import RunSpec, digest, open_run
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ def write_verl_parquet(rows: list[dict], path: str | Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sedsft.io import atomic_write_bytes
-
     if not rows:
         raise UserError(f"no prompts with a gold answer to write to {path}")
     buffer = io.BytesIO()
@@ -104,17 +103,30 @@ def export_verl(
     val_prompts: Sequence[RLPrompt] | None = None,
     data_source: str = DEFAULT_DATA_SOURCE,
     seed: int = 0,
+    run: RunSpec | None = None,
+    overwrite: bool = False,
 ) -> VerlExport:
     """Write ``train.parquet``, ``validation.parquet`` and ``reward.py`` for verl into ``output_dir``.
 
     The validation split is ``val_prompts`` when given, else a ``val_fraction`` share of ``prompts``
     drawn with ``seed`` (and removed from training); with neither, no validation file is written.
+    ``output_dir`` is a run folder (:mod:`sedsft.runs`): an export with other prompts or options is
+    refused there, unless ``overwrite``; ``run`` adds the caller's settings and input files.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_number("val_fraction", val_fraction, low=0, high=1, open_high=True)
     if val_prompts is not None and val_fraction > 0:
         raise UserError("pass either val_prompts (--val_data) or val_fraction, not both")
     out = Path(output_dir)
+    settings = {
+        "val_fraction": val_fraction,
+        "data_source": data_source,
+        "seed": seed,
+        "prompts": digest([[p.messages, p.answer] for p in prompts]),
+        "val_prompts": digest([[p.messages, p.answer] for p in val_prompts])
+        if val_prompts is not None
+        else None,
+    }
+    open_run(out, (run or RunSpec("export-verl")).extended(settings=settings), overwrite=overwrite)
     train, val = list(prompts), list(val_prompts or [])
     if val_fraction > 0:
         num_val = max(1, round(val_fraction * len(train)))
@@ -130,6 +142,7 @@ def export_verl(
         val_rows = to_verl_rows(val, split="validation", data_source=data_source)
         val_path = write_verl_parquet(val_rows, out / "validation.parquet")
         num_val_rows = len(val_rows)
-    reward_path = out / "reward.py"
-    shutil.copyfile(Path(__file__).with_name("verl_reward.py"), reward_path)
+    reward_path = atomic_write_bytes(
+        out / "reward.py", Path(__file__).with_name("verl_reward.py").read_bytes()
+    )
     return VerlExport(train_path, val_path, reward_path, len(train_rows), num_val_rows)
