@@ -13,10 +13,14 @@ from sedsft.cli import main
     "argv,message",
     [
         (["--model", "/nonexistent/ckpt", "--output_dir", "x"], "not a checkpoint folder"),
-        ([], "one of the arguments --model --responses is required"),
+        ([], "give --model (to sample and grade) or --responses (to grade a file)"),
         (["--responses", "/nonexistent.jsonl"], "not found"),
-        (["--model", "m", "--responses", "r"], "not allowed with"),
-        (["--responses", "r", "--limit", "0"], "--limit must be >= 1"),
+        (["--model", "m", "--responses", "r"], "one of them"),
+        (["--responses", "r", "--n", "2"], "--n apply to --model runs"),
+        (["--model", "m", "--temperature", "nan"], "temperature must be a finite number >= 0, got nan"),
+        (["--model", "m", "--n", "0"], "n must be an integer >= 1, got 0"),
+        (["--model", "m", "--system_prompt", "x", "--no_system_prompt"], "--system_prompt none"),
+        (["--responses", "r", "--limit", "0"], "limit must be an integer >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(argv, message, capsys):
@@ -61,7 +65,7 @@ def test_eval_a_tiny_checkpoint_then_rerun_is_a_no_op(tiny_checkpoint, data_dir,
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 2
     assert main(argv) == 0
-    assert "already finished" in capsys.readouterr().out
+    assert "this run had finished" in capsys.readouterr().out
     assert (tmp_path / "samples.jsonl").read_text().splitlines() == lines
 
 
@@ -103,3 +107,58 @@ def test_responses_file_without_gold_is_a_user_error(tmp_path, capsys):
     path.write_text(json.dumps({"response": "4"}) + "\n")
     assert main(["eval", "--responses", str(path)]) == 2
     assert "needs a 'response' string and a 'gold'" in capsys.readouterr().err
+
+
+def _eval_argv(model, data_dir, out, *extra):
+    return [
+        "eval", "--model", str(model), "--benchmarks", "aime24,gsm8k", "--data_dir", str(data_dir),
+        "--output_dir", str(out), "--limit", "3", "--n", "2", "--max_new_tokens", "4", "--batch_size", "2",
+        "--grading_workers", "0", "--no_progress", "--backend", "hf", *extra,
+    ]  # fmt: skip
+
+
+def test_another_model_into_a_finished_folder_is_refused(tiny_checkpoint, data_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "eval"
+    assert main(_eval_argv(tiny_checkpoint, data_dir, out)) == 0
+    other = tmp_path / "model_b"
+    shutil.copytree(tiny_checkpoint, other)
+    (other / "generation_config.json").write_text('{"do_sample": true}')  # another model: other files
+    capsys.readouterr()
+    assert main(_eval_argv(other, data_dir, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds another run (model " in err[0] and "model_b" in err[0], err
+    assert main(_eval_argv(tiny_checkpoint, data_dir, out, "--seed", "1")) == 2
+    assert "seed 0 -> 1" in capsys.readouterr().err
+
+
+def test_eval_resumed_after_a_torn_batch_equals_an_uninterrupted_run(
+    tiny_checkpoint, data_dir, tmp_path, monkeypatch
+):
+    from sedsft.io import JsonlLog
+
+    whole, torn = tmp_path / "whole", tmp_path / "torn"
+    assert main(_eval_argv(tiny_checkpoint, data_dir, whole)) == 0
+    real_extend, calls = JsonlLog.extend, []
+
+    def killed_mid_write(self, records):  # the 3rd batch: one sample line, half of the next, then the kill
+        calls.append(1)
+        if len(calls) < 3:
+            return real_extend(self, records)
+        lines = [json.dumps(r) + "\n" for r in records]
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines[0] + lines[1][:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(JsonlLog, "extend", killed_mid_write)
+    assert main(_eval_argv(tiny_checkpoint, data_dir, torn)) == 130
+    monkeypatch.setattr(JsonlLog, "extend", real_extend)
+    assert main(_eval_argv(tiny_checkpoint, data_dir, torn)) == 0
+
+    def samples(folder):
+        rows = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+        return sorted(rows, key=lambda r: (r["benchmark"], r["problem_id"], r["sample_index"]))
+
+    assert samples(torn) == samples(whole) and len(samples(whole)) == 12
+    assert (torn / "metrics.json").read_text() == (whole / "metrics.json").read_text()

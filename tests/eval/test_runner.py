@@ -97,7 +97,7 @@ def test_resume_after_interruption_reaches_identical_metrics(backend, tmp_path):
 
 def test_other_settings_in_the_same_folder_are_refused(backend, tmp_path):
     evaluate(backend, _problems(1), sampling=CFG, batch_size=2, output_dir=tmp_path)
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match=r"holds another run \(batch_size 2 -> 3\)"):
         evaluate(backend, _problems(1), sampling=CFG, batch_size=3, output_dir=tmp_path)
 
 

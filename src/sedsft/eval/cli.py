@@ -3,88 +3,130 @@
     sedsft eval --model PATH --benchmarks all --data_dir ../shared/data/benchmarks --output_dir runs/eval
     sedsft eval --responses responses.jsonl [--output_dir runs/graded]
 
-Rerunning the first command resumes an interrupted run and does nothing for a finished one.
+``--output_dir`` is a run folder (:mod:`sedsft.runs`): rerunning the same command resumes an
+interrupted run (exactly: the result equals an uninterrupted run) and only reports a finished one;
+another model, other benchmarks or other sampling options are refused there unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sedsft.errors import UserError
-from sedsft.io import atomic_write_json, atomic_write_text, read_json, read_jsonl_records
+from sedsft.cli_parse import (
+    SYSTEM_PROMPT_HELP,
+    BackendOptions,
+    GradingOptions,
+    ModelOptions,
+    RunOptions,
+    parse_command,
+    system_prompt_value,
+)
+from sedsft.errors import UserError, check_choice, check_count
+from sedsft.io import atomic_write_json, atomic_write_text, read_jsonl_records
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line through sedsft's dispatcher instead of usage + exit
-        raise UserError(f"{message}; see sedsft eval --help")
+SAMPLING_OVERRIDES = ("n", "temperature", "top_p", "max_new_tokens")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sedsft eval", description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="local checkpoint folder (model + tokenizer with a chat template)")
-    src.add_argument(
-        "--responses",
-        help="JSONL of existing responses to grade: fields response, gold (or answer), "
-        "optional benchmark, problem_id (or id), sample_index",
+@dataclass
+class EvalArgs:
+    """What ``sedsft eval`` evaluates and how it samples (the model: ModelOptions' ``--model``)."""
+
+    responses: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of existing responses to grade instead of a model: fields response, gold (or "
+            "answer), optional benchmark, problem_id (or id), sample_index",
+            "manifest": False,
+        },
     )
-    p.add_argument("--benchmarks", default="all", help="'all' or comma-separated names (default: all)")
-    p.add_argument(
-        "--data_dir", default="../shared/data/benchmarks", help="folder with <benchmark>/test.jsonl"
+    benchmarks: str = field(default="all", metadata={"help": "'all' or comma-separated benchmark names"})
+    data_dir: str = field(
+        default="../shared/data/benchmarks",
+        metadata={"help": "folder with <benchmark>/test.jsonl", "manifest": False},
     )
-    p.add_argument(
-        "--output_dir", help="where samples.jsonl, metrics.json, results.md go (required with --model)"
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "where samples.jsonl, metrics.json, results.md go (needed with --model)",
+            "manifest": False,
+        },
     )
-    p.add_argument(
-        "--protocol", default="paper", help="paper (default: Avg@8 T=0.7 / 1 sample T=1.0) or greedy"
+    protocol: str = field(
+        default="paper",
+        metadata={
+            "help": "paper (Avg@8 T=0.7 on AIME/AMC, 1 sample T=1.0 elsewhere) or greedy",
+            "choices": ["paper", "greedy"],
+        },
     )
-    p.add_argument("--n", type=int, help="override: samples per problem on every benchmark")
-    p.add_argument("--temperature", type=float, help="override: temperature on every benchmark")
-    p.add_argument("--top_p", type=float, help="override: nucleus mass on every benchmark")
-    p.add_argument("--max_new_tokens", type=int, help="override: token budget per sample (protocol: 4096)")
-    p.add_argument("--limit", type=int, help="evaluate only the first LIMIT problems of each benchmark")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--system_prompt", default=DEFAULT_SYSTEM_PROMPT, help="system turn (default: the paper's)"
+    n: int | None = field(default=None, metadata={"help": "override: samples per problem on every benchmark"})
+    temperature: float | None = field(
+        default=None, metadata={"help": "override: temperature on every benchmark"}
     )
-    p.add_argument("--no_system_prompt", action="store_true", help="no system turn at all")
-    p.add_argument(
-        "--backend", default="auto", choices=("auto", "hf", "vllm"), help="auto: vLLM when installed"
+    top_p: float | None = field(default=None, metadata={"help": "override: nucleus mass on every benchmark"})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "override: token budget (protocol: 4096)"}
     )
-    p.add_argument("--batch_size", type=int, default=8, help="problems per generate call")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", help="hf backend device (default: cuda when available)")
-    p.add_argument("--trust_remote_code", action="store_true", help="run the checkpoint's own Python code")
-    p.add_argument("--tensor_parallel_size", type=int, default=1, help="vllm backend GPUs")
-    p.add_argument("--grading_workers", type=int, default=2, help="grading processes (0: in this process)")
-    p.add_argument(
-        "--grading_timeout", type=float, default=2.0, help="seconds per response before it counts wrong"
+    limit: int | None = field(
+        default=None, metadata={"help": "only the first LIMIT problems of each benchmark"}
     )
-    p.add_argument("--run_name", help="row label in the tables (default: the model folder name)")
-    p.add_argument("--no_progress", action="store_true")
-    return p
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
+    batch_size: int = field(default=8, metadata={"help": "problems per generate call"})
+    run_name: str | None = field(
+        default=None,
+        metadata={"help": "row label in the tables (default: the model folder name)", "manifest": False},
+    )
+    progress: bool = field(default=True, metadata={"help": "progress bars", "manifest": False})
+
+    def __post_init__(self):
+        from sedsft.eval.generation import SamplingConfig
+        from sedsft.eval.protocol import PROTOCOLS
+
+        check_choice("protocol", self.protocol, PROTOCOLS)
+        overrides = {k: getattr(self, k) for k in SAMPLING_OVERRIDES if getattr(self, k) is not None}
+        SamplingConfig(**overrides)  # each given override is checked as the sampling config checks it
+        check_count("limit", self.limit, allow_none=True)
+        check_count("seed", self.seed, minimum=0)
+        check_count("batch_size", self.batch_size)
+        self.system_prompt = system_prompt_value(self.system_prompt)
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    args, model, backend, grading, run_options = parse_command(
+        "eval",
+        argv,
+        EvalArgs,
+        ModelOptions,
+        BackendOptions,
+        GradingOptions,
+        RunOptions,
+        description=__doc__.split("\n")[0],
+    )
+    if (args.responses is None) == (model.model is None):
+        raise UserError("give --model (to sample and grade) or --responses (to grade a file), one of them")
     if args.responses:
-        return _grade_responses(args)
-    return _evaluate_model(args)
+        given = [f"--{k}" for k in (*SAMPLING_OVERRIDES, "limit") if getattr(args, k) is not None]
+        if given:
+            raise UserError(
+                f"{', '.join(given)} apply to --model runs; --responses files are graded as they are"
+            )
+        return _grade_responses(args, grading, run_options)
+    return _evaluate_model(args, model, backend, grading, run_options)
 
 
-def _evaluate_model(args) -> int:
+def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     from sedsft.eval.benchmarks import load, parse_names
-    from sedsft.eval.generation import backend_from_args
+    from sedsft.eval.generation import backend_from_options
     from sedsft.eval.protocol import resolve_sampling
+    from sedsft.eval.runner import evaluate, run_spec
     from sedsft.models import check_local_model
+    from sedsft.runs import RunSpec, open_run, settings_of
 
-    model = Path(check_local_model(args.model))  # before any output is written
+    path = Path(check_local_model(model.model))  # before any output is written
     if not args.output_dir:
         raise UserError("--output_dir is required with --model (samples are saved there as they are made)")
     names = parse_names(args.benchmarks)
@@ -92,37 +134,39 @@ def _evaluate_model(args) -> int:
     sampling = resolve_sampling(
         names,
         protocol=args.protocol,
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
+        **{k: getattr(args, k) for k in SAMPLING_OVERRIDES},
         seed=args.seed,
     )
     out = Path(args.output_dir)
-    request = {k: v for k, v in vars(args).items() if k not in ("no_progress", "grading_workers")}
-    request["model"] = str(model.resolve())
-    finished = out / "finished.json"
-    if finished.exists() and read_json(finished) == request and (out / "results.md").exists():
-        print(f"{out}: this run is already finished; delete {finished} to redo it\n")
+    caller = RunSpec(
+        "eval",
+        settings=settings_of(args, model, backend_options, grading),
+        inputs={"model": path, "tokenizer": model.tokenizer},
+    )
+    spec = run_spec(
+        problems, sampling, system_prompt=args.system_prompt, batch_size=args.batch_size, run=caller
+    )
+    run = open_run(out, spec, overwrite=run_options.overwrite)  # before the (slow) model load
+    if run.finished:
+        print(f"{out}: this run had finished; its results (--overwrite redoes it):\n")
         print((out / "results.md").read_text(encoding="utf-8"))
         return 0
 
-    from sedsft.eval.runner import evaluate
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = evaluate(
-        backend_from_args(args),
+        backend_from_options(model, backend_options, batch_size=args.batch_size),
         problems,
         sampling=sampling,
-        system_prompt=None if args.no_system_prompt else args.system_prompt,
+        system_prompt=args.system_prompt,
         output_dir=out,
         batch_size=args.batch_size,
-        grading_workers=args.grading_workers,
-        grading_timeout_s=args.grading_timeout,
-        run_name=args.run_name or model.resolve().name,
-        progress=not args.no_progress,
+        grading_workers=grading.grading_workers,
+        grading_timeout_s=grading.grading_timeout,
+        run_name=args.run_name or path.resolve().name,
+        progress=args.progress,
+        run=caller,
     )
-    atomic_write_json(finished, request)
+    run.mark_finished()
     print(result.markdown)
     print(f"samples, metrics.json and results.md are in {out}")
     return 0
@@ -153,18 +197,25 @@ def read_responses(path: str | Path) -> dict[str, list[dict]]:
     return by_bench
 
 
-def _grade_responses(args) -> int:
+def _grade_responses(args, grading, run_options) -> int:
     from statistics import fmean
 
     from sedsft.eval.grader_pool import GraderPool, grade_one
     from sedsft.eval.metrics import benchmark_metrics
     from sedsft.eval.runner import markdown_table
+    from sedsft.runs import RunSpec, open_run, settings_of
 
     by_bench = read_responses(args.responses)
+    run = None
+    if args.output_dir:
+        spec = RunSpec(
+            "eval --responses", settings=settings_of(grading), inputs={"responses": args.responses}
+        )
+        run = open_run(args.output_dir, spec, overwrite=run_options.overwrite)
     flat = [r for rs in by_bench.values() for r in rs]
     tasks = [(r["response"], r["gold"]) for r in flat]
-    if args.grading_workers > 0:
-        with GraderPool(workers=args.grading_workers, timeout_s=args.grading_timeout) as pool:
+    if grading.grading_workers > 0:
+        with GraderPool(workers=grading.grading_workers, timeout_s=grading.grading_timeout) as pool:
             grades = pool.grade(tasks)
     else:
         grades = [grade_one(*t) for t in tasks]
@@ -173,8 +224,8 @@ def _grade_responses(args) -> int:
     metrics = {b: benchmark_metrics(b, rs) for b, rs in by_bench.items()}
     run_name = args.run_name or Path(args.responses).stem
     markdown = markdown_table(metrics, run_name=run_name)
-    if args.output_dir:
-        out = Path(args.output_dir)
+    if run is not None:
+        out = run.path
         atomic_write_text(
             out / "graded.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in flat)
         )
@@ -188,5 +239,6 @@ def _grade_responses(args) -> int:
             },
         )
         atomic_write_text(out / "results.md", markdown)
+        run.mark_finished()
     print(markdown)
     return 0

@@ -4,7 +4,7 @@
 ``output_dir`` it writes, as it goes:
 - ``samples.jsonl``: one record per sample (benchmark, problem_id, sample_index, prompt_hash,
   response, extracted_answer, correct, ...), appended and fsynced after every batch;
-- ``run.json``: the settings that determine the samples; a restart with other settings is refused;
+- ``sedsft_run.json``: the run manifest (:mod:`sedsft.runs`); a restart with other settings is refused;
 - ``metrics.json`` (atomic) and ``results.md`` (the paper's table layout) at the end.
 A restart with the same arguments skips every finished batch. Batches are fixed groups of
 ``batch_size`` consecutive problems, each seeded from (seed, benchmark, its problem ids), so the
@@ -25,8 +25,9 @@ from sedsft.eval.generation import Backend, SamplingConfig
 from sedsft.eval.grader_pool import Grader, GraderPool, grade_one
 from sedsft.eval.metrics import BenchmarkMetrics, benchmark_metrics
 from sedsft.eval.protocol import resolve_sampling
-from sedsft.io import JsonlLog, atomic_write_json, atomic_write_text, read_json
+from sedsft.io import JsonlLog, atomic_write_json, atomic_write_text
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT, render_prompt
+from sedsft.runs import RunSpec, digest, open_run
 
 # Column titles of Table 1; other benchmarks show their own name.
 DISPLAY_NAMES = {
@@ -98,18 +99,40 @@ def markdown_table(metrics: Mapping[str, BenchmarkMetrics], *, run_name: str = "
     )
 
 
-def _check_settings(output_dir: Path, settings: dict) -> None:
-    path = output_dir / "run.json"
-    if path.exists():
-        old = read_json(path)
-        if old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise UserError(
-                f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
-                "rerun with the same arguments or choose another --output_dir"
-            )
-    else:
-        atomic_write_json(path, settings)
+def run_spec(
+    problems_by_benchmark: Mapping[str, list[Problem]],
+    sampling: Mapping[str, SamplingConfig],
+    *,
+    system_prompt: str | None,
+    batch_size: int,
+    graders: Mapping[str, Grader] | None = None,
+    run: RunSpec | None = None,
+) -> RunSpec:
+    """What determines an evaluation's samples, for its run folder (``run`` adds the caller's part)."""
+    settings = {
+        "system_prompt": system_prompt,
+        "batch_size": batch_size,
+        "sampling": {n: asdict(c) for n, c in sampling.items()},
+        "graders": {n: getattr(g, "__qualname__", repr(g)) for n, g in (graders or {}).items()},
+        "problems": {
+            n: digest([[p.id, p.question, p.answer] for p in ps]) for n, ps in problems_by_benchmark.items()
+        },
+    }
+    return (run or RunSpec("eval")).extended(settings=settings)
+
+
+def sampling_configs(
+    names: list[str], sampling: SamplingConfig | Mapping[str, SamplingConfig] | None
+) -> dict[str, SamplingConfig]:
+    """One SamplingConfig per benchmark from ``evaluate``'s ``sampling`` argument."""
+    if isinstance(sampling, SamplingConfig):
+        return dict.fromkeys(names, sampling)
+    if sampling is None:
+        return resolve_sampling(names)
+    missing = [n for n in names if n not in sampling]
+    if missing:
+        raise UserError(f"no SamplingConfig for benchmark {missing[0]!r}; add it to sampling")
+    return {n: sampling[n] for n in names}
 
 
 def evaluate(
@@ -126,6 +149,8 @@ def evaluate(
     grading_timeout_s: float = 2.0,
     run_name: str = "model",
     progress: bool = False,
+    run: RunSpec | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Sample, grade and score every problem; resume from ``output_dir`` when it holds this run.
 
@@ -134,20 +159,14 @@ def evaluate(
     ``(response, gold) -> bool`` function (default :func:`sedsft.eval.grading.is_correct`).
     ``grading_workers`` > 0 grades in that many processes with a hard ``grading_timeout_s`` per
     response (graders must then be module-level functions); 0 grades in this process.
-    ``backend`` may be None only when every sample is already in ``output_dir``.
+    ``backend`` may be None only when every sample is already in ``output_dir``. ``output_dir`` is a
+    run folder (:mod:`sedsft.runs`, spec from :func:`run_spec`; ``run`` adds the caller's settings and
+    inputs, e.g. the model): the same run resumes, another is refused unless ``overwrite``.
     """
     from tqdm.auto import tqdm
 
     names = list(problems_by_benchmark)
-    if isinstance(sampling, SamplingConfig):
-        configs = dict.fromkeys(names, sampling)
-    elif sampling is None:
-        configs = resolve_sampling(names)
-    else:
-        missing = [n for n in names if n not in sampling]
-        if missing:
-            raise UserError(f"no SamplingConfig for benchmark {missing[0]!r}; add it to sampling")
-        configs = {n: sampling[n] for n in names}
+    configs = sampling_configs(names, sampling)
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     tokenizer = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
@@ -159,14 +178,15 @@ def evaluate(
     log = None
     done: dict[tuple[str, str, int], dict] = {}
     if out is not None:
-        settings = {
-            "system_prompt": system_prompt,
-            "batch_size": batch_size,
-            "sampling": {n: asdict(c) for n, c in configs.items()},
-            "graders": {n: getattr(g, "__qualname__", repr(g)) for n, g in graders.items()},
-        }
-        out.mkdir(parents=True, exist_ok=True)
-        _check_settings(out, settings)
+        spec = run_spec(
+            problems_by_benchmark,
+            configs,
+            system_prompt=system_prompt,
+            batch_size=batch_size,
+            graders=graders,
+            run=run,
+        )
+        open_run(out, spec, overwrite=overwrite)
         log = JsonlLog(out / "samples.jsonl")
         for r in log.records():
             done[(r["benchmark"], str(r["problem_id"]), int(r["sample_index"]))] = r
