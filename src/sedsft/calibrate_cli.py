@@ -2,70 +2,80 @@
 
     sedsft calibrate --model ./Qwen2.5-Math-7B --data data/train.jsonl --top_k 2 --mask_ratio 0.7
 
-The sample is drawn exactly as ``sedsft sft`` draws it (same seed -> same examples, same tokenization),
-so the printed tau is the one training would calibrate; pass it to ``sedsft sft --tau`` to skip that step.
+The options are ``sedsft sft``'s, spelled the same (:class:`~sedsft.calibrate.CalibrationOptions`:
+``--mask_ratio``, ``--calibration_preset``, ``--calibration_examples`` ...; ``--top_k``, ``--seed``,
+``--max_length``, ``--overflow``, ``--system_prompt``), so the printed tau is the one training would
+calibrate; pass it to ``sedsft sft --tau`` to skip that step.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass, field
 
-from sedsft.errors import UserError
+from sedsft.calibrate import CALIBRATION_FILE, DEFAULT_SEED, CalibrationOptions
+from sedsft.cli_parse import SYSTEM_PROMPT_HELP, CommandParser, ModelOptions, system_prompt_value
+from sedsft.data import OVERFLOW
+from sedsft.errors import UserError, check_choice, check_count
+from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+
+# the spellings of earlier versions, now sedsft sft's
+RENAMED = {
+    "--num_examples": "--calibration_examples",
+    "--positions": "--calibration_positions",
+    "--batch_size": "--calibration_batch_size",
+    "--max_tokens": "--calibration_max_tokens",
+}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line; the dispatcher prints it
-        raise UserError(f"{message} (see sedsft calibrate --help)")
+@dataclass
+class CalibrateArgs:
+    """The data and how it is rendered, as ``sedsft sft`` renders it; where the JSON goes."""
 
-
-def _parser() -> argparse.ArgumentParser:
-    from sedsft.calibrate import CALIBRATION_FILE, POSITIONS
-    from sedsft.data import OVERFLOW
-    from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
-
-    p = _Parser(prog="sedsft calibrate", description="tau = (1 - r)-quantile of P_topk on the initial model")
-    p.add_argument("--model", required=True, help="local model folder (config.json, weights, tokenizer)")
-    p.add_argument("--data", required=True, help="local .jsonl/.json/.parquet training file or folder")
-    p.add_argument("--top_k", type=int, default=2, help="k of P_topk (default 2, the paper's)")
-    p.add_argument("--mask_ratio", type=float, default=0.7, help="r, fraction of positions left unpenalised")
-    p.add_argument("--positions", choices=POSITIONS, default="labels", help="which positions are scored")
-    p.add_argument("--num_examples", type=int, default=1000, help="examples sampled from the data")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed (sedsft sft's --seed)")
-    p.add_argument("--max_tokens", type=int, default=None, help="cap on scored positions")
-    p.add_argument("--max_length", type=int, default=1024, help="as sedsft sft's --max_length")
-    p.add_argument("--overflow", choices=OVERFLOW, default="truncate", help="as sedsft sft's --overflow")
-    p.add_argument("--system_prompt", default=DEFAULT_SYSTEM_PROMPT, help="as sedsft sft's --system_prompt")
-    p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto")
-    p.add_argument("--trust_remote_code", action="store_true", help="allow the model folder's own code")
-    p.add_argument(
-        "--output", default=CALIBRATION_FILE, help=f"where to write the JSON (default ./{CALIBRATION_FILE})"
+    data: str = field(metadata={"help": "local .jsonl/.json/.parquet training file or folder"})
+    top_k: int = field(default=2, metadata={"help": "k of the mask's P_topk (the paper's 2)"})
+    seed: int = field(default=DEFAULT_SEED, metadata={"help": "sampling seed (sedsft sft's --seed)"})
+    max_length: int = field(default=1024, metadata={"help": "as sedsft sft's --max_length"})
+    overflow: str = field(
+        default="truncate", metadata={"help": "as sedsft sft's --overflow", "choices": list(OVERFLOW)}
     )
-    return p
+    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
+    output: str = field(default=CALIBRATION_FILE, metadata={"help": "where the JSON is written (atomically)"})
+
+    def __post_init__(self):
+        check_count("top_k", self.top_k)
+        check_count("max_length", self.max_length)
+        check_choice("overflow", self.overflow, OVERFLOW)
+        self.system_prompt = system_prompt_value(self.system_prompt)
+        if os.path.isdir(self.output):
+            raise UserError(
+                f"--output {self.output} is a folder; give a file path, e.g. {self.output}/{CALIBRATION_FILE}"
+            )
 
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    a = _parser().parse_args(argv)
-    if a.num_examples < 1 or a.batch_size < 1:
-        raise UserError("--num_examples and --batch_size must be >= 1")
-    from sedsft.calibrate import CalibrationSpec, calibrate_records
+    parser = CommandParser(
+        "calibrate",
+        (CalibrateArgs, CalibrationOptions, ModelOptions),
+        description=__doc__.split("\n")[0],
+        renamed=RENAMED,
+    )
+    a, options, m = parser.parse(argv)
+    spec = options.calibration_spec(top_k=a.top_k, seed=a.seed)  # checked before anything is loaded
+    from sedsft.calibrate import calibrate_records
     from sedsft.data import load_records
     from sedsft.models import check_local_model, load_local_model
 
-    spec = CalibrationSpec.from_preset(
-        top_k=a.top_k,
-        mask_ratio=a.mask_ratio,
-        seed=a.seed,
-        examples=a.num_examples,
-        positions=a.positions,
-        batch_size=a.batch_size,
-        max_tokens=a.max_tokens,
-    )
     records = load_records(a.data)
-    path = check_local_model(a.model)  # before the data is tokenized: a wrong path fails at once
-    model, tok = load_local_model(path, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+    path = check_local_model(m.model)  # before the data is tokenized: a wrong path fails at once
+    model, tok = load_local_model(
+        path,
+        tokenizer_path=m.tokenizer,
+        dtype=m.dtype,
+        device=m.device,
+        trust_remote_code=m.trust_remote_code,
+    )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     cal = calibrate_records(
@@ -73,7 +83,7 @@ def main(argv: list[str]) -> int:
         tok,
         records,
         spec,
-        system_prompt=a.system_prompt or None,
+        system_prompt=a.system_prompt,
         max_length=a.max_length,
         overflow=a.overflow,
         source={"dataset": a.data, "model": path},

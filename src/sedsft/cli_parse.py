@@ -80,8 +80,11 @@ def one_line(message: Any) -> str:
 class CommandParser(TrlParser):
     """TRL's parser with sedsft's error format, strict YAML handling and repeated-option checks."""
 
-    def __init__(self, command: str, dataclass_types, *, description: str | None = None):
+    def __init__(
+        self, command: str, dataclass_types, *, description: str | None = None, renamed: dict | None = None
+    ):
         self.command = command
+        self.renamed = {**RENAMED, **(renamed or {})}  # old spelling -> the one to use
         super().__init__(
             dataclass_types, prog=f"sedsft {command}", description=description, allow_abbrev=False
         )
@@ -101,7 +104,7 @@ class CommandParser(TrlParser):
 
     def parse(self, argv) -> tuple:
         """The dataclasses, built from ``argv`` (and its ``--config``), in the order they were given."""
-        argv = list(argv)
+        argv = self._split_lists(list(argv))
         config_path = _pop_config(argv)
         self._check_spelling(argv)
         if config_path is not None:
@@ -115,6 +118,24 @@ class CommandParser(TrlParser):
 
     # -- command line
 
+    def _split_lists(self, argv: list[str]) -> list[str]:
+        """A list of numbers takes values separated by spaces or commas: ``--mask_ratios 0.5,0.7`` or ``0.5 0.7``."""
+        out, in_list = [], False
+        for token in argv:
+            if token.startswith("--"):
+                option, eq, value = token.partition("=")
+                action = self._option_string_actions.get(option)
+                in_list = action is not None and action.nargs in ("+", "*") and action.type in (int, float)
+                if in_list and eq:
+                    out += [option, *(v for v in value.split(",") if v)]
+                    continue
+                out.append(token)
+            elif in_list:
+                out += [v for v in token.split(",") if v]
+            else:
+                out.append(token)
+        return out
+
     def _check_spelling(self, argv: list[str]) -> None:
         seen: dict[str, str] = {}
         for token in argv:
@@ -123,9 +144,9 @@ class CommandParser(TrlParser):
             if not token.startswith("--"):
                 continue
             option = token.split("=", 1)[0]
-            if option in RENAMED:
+            if option in self.renamed:
                 raise UserError(
-                    f"{option} is now spelled {RENAMED[option]}; see sedsft {self.command} --help"
+                    f"{option} is now spelled {self.renamed[option]}; see sedsft {self.command} --help"
                 )
             action = self._option_string_actions.get(option)
             if action is None or action.dest in ("help", "config"):
@@ -297,8 +318,18 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
             return str(v)
         return v
 
-    out = [one(v) for v in value] if isinstance(value, list) and action.nargs in ("+", "*") else one(value)
-    if action.choices is not None and out is not None and out not in action.choices:
+    if action.nargs in ("+", "*"):  # a list option: a YAML list, "1,2" for numbers, or one value
+        numbers = convert in (int, float) and isinstance(value, str)
+        items = value if isinstance(value, list) else value.split(",") if numbers else [value]
+        out = [one(v.strip() if isinstance(v, str) else v) for v in items]
+    else:
+        out = one(value)
+    if (
+        action.choices is not None
+        and not isinstance(out, list)
+        and out is not None
+        and out not in action.choices
+    ):
         raise UserError(f"{where}: {name} must be one of {', '.join(map(str, action.choices))}, got {out!r}")
     return out
 

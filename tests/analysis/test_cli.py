@@ -59,12 +59,19 @@ def test_heatmap_command(model_dir, data_file, tmp_path, capsys):
             "0.5",
             "--output_dir",
             str(out),
-            "--no_system_prompt",
+            "--system_prompt",
+            "none",
         ]
     )
     assert rc == 0
     assert "tau = " in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"heatmap_2.png", "heatmap_2.html", "heatmap_2.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "heatmap_2.png",
+        "heatmap_2.html",
+        "heatmap_2.json",
+        "sedsft_run.json",
+    }
+    out = tmp_path / "hm_text"
     rc = main(
         [
             "analyze",
@@ -113,7 +120,29 @@ def test_bad_input_is_one_line(model_dir, data_file, tmp_path, capsys):
     err = _one_line_error(
         capsys, ["analyze", "topk", "--model", str(model_dir), "--data", str(data_file), "--max_k", "0"]
     )
-    assert "--max_k must be >= 1" in err
+    assert "max_k must be an integer >= 1, got 0" in err
+    err = _one_line_error(
+        capsys,
+        [
+            "analyze",
+            "heatmap",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_file),
+            "--index",
+            "0",
+            "--tau",
+            "nan",
+        ],
+    )
+    assert "tau must be a finite number >= 0" in err
+    err = _one_line_error(
+        capsys,
+        ["analyze", "heatmap", "--model", str(model_dir), "--data", str(data_file), "--index", "0",
+         "--tau", "0.5", "--mask_ratio", "0.7"],
+    )  # fmt: skip
+    assert "not both" in err
     err = _one_line_error(
         capsys, ["sweep", "--pipeline", "os.system", "--grid", "r=0.5", "k=2", "--output_dir", str(tmp_path)]
     )
@@ -162,3 +191,32 @@ def test_sweep_demo_pipeline_missing_is_clear(tmp_path, capsys):
         capsys, ["sweep", "--pipeline", "demo", "--grid", "r=0.5", "k=2", "--output_dir", str(tmp_path)]
     )
     assert "demo pipeline" in err
+
+
+def test_sweep_interrupted_then_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "sweep_kill_mod.py").write_text(
+        "import os\n"
+        "def run(mask_ratio, top_k):\n"
+        "    if os.environ.get('KILL_AT') == f'{mask_ratio},{top_k}':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return {'acc': round(mask_ratio * 37 % 11, 3), 'avg': mask_ratio * 10 + top_k}\n"
+        "def other(mask_ratio, top_k):\n"
+        "    return {'avg': 0.0}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "--pipeline", "sweep_kill_mod:run", "--grid", "r=0.5,0.7,0.9", "k=2,3"]
+    assert main([*argv, "--output_dir", "whole"]) == 0
+    monkeypatch.setenv("KILL_AT", "0.7,3")
+    assert main([*argv, "--output_dir", "resumed"]) == 130
+    monkeypatch.delenv("KILL_AT")
+    assert main([*argv, "--output_dir", "resumed"]) == 0
+    assert "3 points run, 3 read back" in capsys.readouterr().out
+    for name in ("sweep_table.md", "sweep_results.csv", "sweep_grid.csv"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    assert (
+        main(
+            ["sweep", "--pipeline", "sweep_kill_mod:other", "--grid", "r=0.5", "k=2", "--output_dir", "whole"]
+        )
+        == 2
+    )
+    assert 'pipeline "sweep_kill_mod:run" -> "sweep_kill_mod:other"' in capsys.readouterr().err

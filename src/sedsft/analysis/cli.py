@@ -4,107 +4,132 @@
     sedsft analyze heatmap --model PATH --data train.jsonl --index 3 [--tau 0.8 | --mask_ratio 0.7]
     sedsft analyze heatmap --model PATH --question "..." --response "..." --tau 0.8
 
-Bad input (a missing file, an index out of range) is reported as one line and exit status 2, before
-the model is loaded.
+Bad input (a missing file, an index out of range, ``--tau`` with ``--mask_ratio``) is reported as one
+line and exit status 2, before the model is loaded. ``--output_dir`` is a run folder
+(:mod:`sedsft.runs`): another model, data or option is refused there unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sedsft.calibrate import DEFAULT_SEED
-from sedsft.errors import UserError
+from sedsft.cli_parse import SYSTEM_PROMPT_HELP, ModelOptions, RunOptions, parse_command, system_prompt_value
+from sedsft.errors import UserError, check_count, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 from .inputs import MAX_LENGTH
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line from the dispatcher) instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see `sedsft analyze {self.prog.split()[-1]} --help`)")
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"expected comma-separated numbers such as 0.5,0.7,0.9, got {text!r}") from None
+DEFAULT_MASK_RATIO = 0.7
+TOOLS = {
+    "topk": "cumulative top-k probability per position, k = 1..max_k (Figure 3)",
+    "heatmap": "per-token gold probability over one example (Figure 2), PNG + HTML",
+}
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model folder (or hub id when the hub is reachable)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder when it is not saved with the model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--system_prompt", default=DEFAULT_SYSTEM_PROMPT, help="system prompt, as SFT renders it")
-    p.add_argument(
-        "--no_system_prompt", action="store_true", help="render conversations without a system turn"
+@dataclass
+class AnalysisArgs:
+    """Options both tools share: the data sample and how records are rendered (as SFT renders them)."""
+
+    data: str | None = field(
+        default=None, metadata={"help": "JSONL/JSON/Parquet file or folder of SFT records", "manifest": False}
     )
-    p.add_argument(
-        "--max_length", type=int, default=MAX_LENGTH, help="truncate tokenized examples (default: sft's 1024)"
+    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
+    max_length: int | None = field(
+        default=MAX_LENGTH,
+        metadata={"help": "truncate tokenized examples (default: sft's 1024; 'none': never)"},
     )
-    p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the data sample (sft's --seed)")
-    p.add_argument("--num_examples", type=int, default=100, help="records sampled from --data (all if fewer)")
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the data sample (sft's --seed)"})
+    num_examples: int = field(default=100, metadata={"help": "records sampled from --data (all if fewer)"})
+
+    def __post_init__(self):
+        self.system_prompt = system_prompt_value(self.system_prompt)
+        check_count("max_length", self.max_length, allow_none=True)
+        check_count("batch_size", self.batch_size)
+        check_count("seed", self.seed, minimum=0)
+        check_count("num_examples", self.num_examples)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="sedsft analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class TopkArgs(AnalysisArgs):
+    """``sedsft analyze topk``."""
+
+    max_k: int = field(default=10, metadata={"help": "largest k of P_topk"})
+    mask_ratios: list[float] = field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9],
+        metadata={"help": "masking ratios r of the tau table (space- or comma-separated)"},
     )
-    sub = parser.add_subparsers(dest="tool", required=True, parser_class=_Parser)
-
-    t = sub.add_parser("topk", help="cumulative top-k probability per position, k = 1..max_k (Figure 3)")
-    _common(t)
-    t.add_argument("--data", required=True, help="JSONL/JSON/Parquet file or folder of SFT records")
-    t.add_argument("--max_k", type=int, default=10)
-    t.add_argument(
-        "--mask_ratios",
-        type=_floats,
-        default=[0.5, 0.6, 0.7, 0.8, 0.9],
-        help="masking ratios r for the tau table (comma-separated)",
+    max_tokens: int | None = field(default=None, metadata={"help": "stop after this many scored positions"})
+    output_dir: str = field(
+        default="analysis/topk", metadata={"help": "where the figure and tables go", "manifest": False}
     )
-    t.add_argument("--max_tokens", type=int, default=None, help="stop after this many scored positions")
-    t.add_argument("--output_dir", default="analysis/topk")
 
-    h = sub.add_parser("heatmap", help="per-token gold probability over one example (Figure 2), PNG + HTML")
-    _common(h)
-    h.add_argument(
-        "--data", default=None, help="data file; --index picks the example, and tau is calibrated on it"
+    def __post_init__(self):
+        super().__post_init__()
+        if self.data is None:
+            raise UserError("--data is required: the records to score")
+        check_count("max_k", self.max_k)
+        check_count("max_tokens", self.max_tokens, allow_none=True)
+        if not self.mask_ratios:
+            raise UserError("--mask_ratios is empty; give e.g. --mask_ratios 0.5,0.7,0.9")
+        for r in self.mask_ratios:
+            check_number("mask_ratios", r, low=0, high=1)
+
+
+@dataclass
+class HeatmapArgs(AnalysisArgs):
+    """``sedsft analyze heatmap``: one example, from --data/--index or --question/--response."""
+
+    index: int | None = field(default=None, metadata={"help": "record index in --data (0-based)"})
+    question: str | None = field(default=None, metadata={"help": "the question, instead of --data/--index"})
+    response: str | None = field(default=None, metadata={"help": "the response to score, with --question"})
+    top_k: int = field(default=2, metadata={"help": "k of P_topk"})
+    tau: float | None = field(
+        default=None, metadata={"help": "SED's threshold (default: calibrated on --data)"}
     )
-    h.add_argument("--index", type=int, default=None, help="record index in --data (0-based)")
-    h.add_argument("--question", default=None, help="the question, instead of --data/--index")
-    h.add_argument("--response", default=None, help="the response to score, with --question")
-    h.add_argument("--top_k", type=int, default=2, help="k of P_topk")
-    h.add_argument("--tau", type=float, default=None, help="SED's threshold; default: calibrated on --data")
-    h.add_argument("--mask_ratio", type=float, default=0.7, help="r used to calibrate tau on --data")
-    h.add_argument("--num_alternatives", type=int, default=5, help="top alternatives shown per token")
-    h.add_argument("--output_dir", default="analysis/heatmap")
-    return parser
+    mask_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": f"r used to calibrate tau on --data (default {DEFAULT_MASK_RATIO}; not with --tau)"
+        },
+    )
+    num_alternatives: int = field(default=5, metadata={"help": "top alternatives shown per token"})
+    output_dir: str = field(
+        default="analysis/heatmap", metadata={"help": "where the PNG/HTML/JSON go", "manifest": False}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_count("top_k", self.top_k)
+        check_count("num_alternatives", self.num_alternatives, minimum=0)
+        check_number("tau", self.tau, low=0, allow_none=True)
+        check_number("mask_ratio", self.mask_ratio, low=0, high=1, allow_none=True)
+        if self.tau is not None and self.mask_ratio is not None:
+            raise UserError(
+                "give --tau (use this threshold) or --mask_ratio (calibrate one on --data), not both"
+            )
+        if (self.question is None) != (self.response is None):
+            raise UserError("give both --question and --response, or use --data with --index")
+        if self.question is not None and self.index is not None:
+            raise UserError("give --question/--response or --index, not both")
+        if self.question is None and (self.data is None or self.index is None):
+            raise UserError("choose the example: --data FILE --index I, or --question TEXT --response TEXT")
+        check_count("index", self.index, minimum=0, allow_none=True)
 
 
-def _system_prompt(args) -> str | None:
-    return None if args.no_system_prompt else args.system_prompt
-
-
-def _check_positive(args, *names) -> None:
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UserError(f"--{name} must be >= 1, got {value}")
-
-
-def run_topk(args) -> int:
+def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOptions) -> int:
     from .inputs import load_model_and_tokenizer, read_records
     from .topk import analyze_topk
 
-    _check_positive(args, "max_k", "batch_size", "num_examples", "max_tokens")
     records = read_records(args.data)
+    _open_run("topk", args, model_options, run_options)
     model, tokenizer = load_model_and_tokenizer(
-        args.model, tokenizer_path=args.tokenizer, device=args.device, dtype=args.dtype
+        model_options.model,
+        tokenizer_path=model_options.tokenizer,
+        device=model_options.device,
+        dtype=model_options.dtype,
     )
     report = analyze_topk(
         model,
@@ -115,11 +140,11 @@ def run_topk(args) -> int:
         num_examples=args.num_examples,
         seed=args.seed,
         batch_size=args.batch_size,
-        system_prompt=_system_prompt(args),
+        system_prompt=args.system_prompt,
         max_length=args.max_length,
         max_tokens=args.max_tokens,
         output_dir=args.output_dir,
-        meta={"model": args.model, "data": str(args.data), "records": len(records)},
+        meta={"model": model_options.model, "data": str(args.data), "records": len(records)},
     )
     dist = report.distribution
     print(f"scored {dist.num_positions:,} label positions of {dist.num_sequences} sequences from {args.data}")
@@ -132,45 +157,43 @@ def run_topk(args) -> int:
     return 0
 
 
-def run_heatmap(args) -> int:
+def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: RunOptions) -> int:
     from sedsft.calibrate import CalibrationSpec, calibrate_records
 
     from .heatmap import analyze_heatmap
     from .inputs import load_model_and_tokenizer, read_records
 
-    _check_positive(args, "top_k", "batch_size", "num_examples")
-    if (args.question is None) != (args.response is None):
-        raise UserError("give both --question and --response, or use --data with --index")
     records = read_records(args.data) if args.data is not None else None
     if args.question is not None:
         record, name = {"question": args.question, "response": args.response}, "heatmap_text"
-    elif records is None or args.index is None:
-        raise UserError("choose the example: --data FILE --index I, or --question TEXT --response TEXT")
-    elif not 0 <= args.index < len(records):
+    elif not args.index < len(records):
         raise UserError(
             f"--index {args.index} is out of range: {args.data} has {len(records)} records (0..{len(records) - 1})"
         )
     else:
         record, name = records[args.index], f"heatmap_{args.index}"
-    if args.tau is None and not 0.0 <= args.mask_ratio <= 1.0:
-        raise UserError(f"--mask_ratio must be in [0, 1], got {args.mask_ratio}")
+    _open_run("heatmap", args, model_options, run_options)
     model, tokenizer = load_model_and_tokenizer(
-        args.model, tokenizer_path=args.tokenizer, device=args.device, dtype=args.dtype
+        model_options.model,
+        tokenizer_path=model_options.tokenizer,
+        device=model_options.device,
+        dtype=model_options.dtype,
     )
     tau, how = args.tau, "given"
     if tau is None and records is not None:
+        mask_ratio = args.mask_ratio if args.mask_ratio is not None else DEFAULT_MASK_RATIO
         spec = CalibrationSpec.from_preset(
             top_k=args.top_k,
-            mask_ratio=args.mask_ratio,
+            mask_ratio=mask_ratio,
             seed=args.seed,
             examples=args.num_examples,
             batch_size=args.batch_size,
         )
         cal = calibrate_records(
-            model, tokenizer, records, spec, system_prompt=_system_prompt(args), max_length=args.max_length
+            model, tokenizer, records, spec, system_prompt=args.system_prompt, max_length=args.max_length
         )
         tau = cal.tau
-        how = f"calibrated on {cal.num_sequences} records of {args.data} with r = {args.mask_ratio:g}"
+        how = f"calibrated on {cal.num_sequences} records of {args.data} with r = {mask_ratio:g}"
     where = (
         f"example {args.index} of {Path(args.data).name}" if name != "heatmap_text" else "the given response"
     )
@@ -181,7 +204,7 @@ def run_heatmap(args) -> int:
         top_k=args.top_k,
         tau=tau,
         num_alternatives=args.num_alternatives,
-        system_prompt=_system_prompt(args),
+        system_prompt=args.system_prompt,
         max_length=args.max_length,
         output_dir=args.output_dir,
         name=name,
@@ -196,6 +219,33 @@ def run_heatmap(args) -> int:
     return 0
 
 
+def _open_run(tool: str, args, model_options: ModelOptions, run_options: RunOptions) -> None:
+    from sedsft.models import check_local_model
+    from sedsft.runs import RunSpec, open_run, settings_of
+
+    check_local_model(model_options.model)
+    spec = RunSpec(
+        f"analyze {tool}",
+        settings=settings_of(args, model_options),
+        inputs={"model": model_options.model, "tokenizer": model_options.tokenizer, "data": args.data},
+    )
+    open_run(args.output_dir, spec, overwrite=run_options.overwrite)
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return run_topk(args) if args.tool == "topk" else run_heatmap(args)
+    if not argv or argv[0] not in TOOLS:
+        if argv and argv[0] in ("-h", "--help"):
+            print(__doc__)
+            return 0
+        given = f"{argv[0]!r}" if argv else "nothing"
+        raise UserError(f"choose a tool: sedsft analyze topk ... or sedsft analyze heatmap ... (got {given})")
+    tool, rest = argv[0], argv[1:]
+    args, model_options, run_options = parse_command(
+        f"analyze {tool}",
+        rest,
+        TopkArgs if tool == "topk" else HeatmapArgs,
+        ModelOptions,
+        RunOptions,
+        description=TOOLS[tool],
+    )
+    return (run_topk if tool == "topk" else run_heatmap)(args, model_options, run_options)

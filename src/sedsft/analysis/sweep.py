@@ -25,6 +25,7 @@ import numpy as np
 
 from sedsft.errors import UserError
 from sedsft.io import JsonlLog, atomic_write_json, atomic_write_text
+from sedsft.runs import RunSpec, open_run
 
 from .plots import new_figure, save_png
 
@@ -98,10 +99,21 @@ def run_sweep(
     metric: str | None = None,
     unit: str | None = None,
     title: str | None = None,
+    pipeline: str | None = None,
+    overwrite: bool = False,
 ) -> SweepResult:
-    """Run ``run_point(r, k)`` for every point not already in ``output_dir/sweep_points.jsonl``; write the tables."""
+    """Run ``run_point(r, k)`` for every point not already in ``output_dir/sweep_points.jsonl``; write the tables.
+
+    ``output_dir`` is a run folder (:mod:`sedsft.runs`) of this ``pipeline`` (default: ``run_point``'s
+    module and name): points of another pipeline are never read back; ``overwrite`` starts over.
+    """
     pts = _as_points(points)
     out = Path(output_dir)
+    owner = (
+        run_point if hasattr(run_point, "__qualname__") else type(run_point)
+    )  # a function or a callable object
+    name = pipeline or f"{owner.__module__}:{owner.__qualname__}"
+    open_run(out, RunSpec("sweep", settings={"pipeline": name}), overwrite=overwrite)
     log = JsonlLog(out / POINTS_LOG)
     done = {rec["key"]: rec for rec in log.records() if "key" in rec}  # the last record of a key wins
     computed, reused = [], [p for p in pts if p.key in done]

@@ -7,31 +7,30 @@ The pipeline is a function ``(mask_ratio: float, top_k: int) -> dict[str, float]
 ``output_dir`` keyword it also gets a folder of its own per point (``output_dir/points/r0.7_k2``).
 ``--pipeline demo`` is the demo's ``sedsft.demo.pipeline:sweep_point``; ``module:function`` is imported
 with importlib (the current folder is importable, as with ``python -m``), never evaluated as code.
-Rerun the same command to resume: finished points are read back from ``sweep_points.jsonl``.
+Rerun the same command to resume: finished points are read back from ``sweep_points.jsonl`` (a grid
+may grow between runs; the points already run are reused). The folder is a run folder
+(:mod:`sedsft.runs`) whose manifest names the pipeline: another pipeline there is refused unless
+``--overwrite``.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sedsft.cli_parse import RunOptions, parse_command
 from sedsft.errors import UserError
 
 from .sweep import grid, run_sweep
 
 DEMO_PIPELINE = "sedsft.demo.pipeline:sweep_point"
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see `sedsft sweep --help`)")
 
 
 def _numbers(text: str, kind, what: str) -> list:
@@ -102,39 +101,53 @@ def _point_runner(func: Callable, output_dir: Path) -> Callable[[float, int], di
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="sedsft sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class SweepArgs:
+    """``sedsft sweep``: the pipeline, the grid (``--grid`` or the two lists), where the tables go."""
+
+    pipeline: str = field(metadata={"help": "'demo' or module:function returning {metric: value}"})
+    output_dir: str = field(
+        metadata={"help": "where the log, tables and heatmap go (reuse it to resume)", "manifest": False}
     )
-    p.add_argument("--pipeline", required=True, help="'demo' or module:function returning {metric: value}")
-    p.add_argument(
-        "--grid", nargs="+", default=None, metavar="r=...|k=...", help="e.g. --grid r=0.5,0.7,0.9 k=2,3"
+    grid: list[str] | None = field(
+        default=None, metadata={"help": "e.g. --grid r=0.5,0.7,0.9 k=2,3", "metavar": "r=...|k=..."}
     )
-    p.add_argument("--mask_ratios", default=None, help="comma-separated r values (instead of --grid)")
-    p.add_argument("--top_ks", default=None, help="comma-separated k values (instead of --grid)")
-    p.add_argument(
-        "--output_dir", required=True, help="where the log, tables and heatmap go (reuse it to resume)"
+    mask_ratios: list[float] | None = field(default=None, metadata={"help": "r values (instead of --grid)"})
+    top_ks: list[int] | None = field(default=None, metadata={"help": "k values (instead of --grid)"})
+    metric: str | None = field(
+        default=None, metadata={"help": "metric of the grid table and heatmap (default: avg)"}
     )
-    p.add_argument("--metric", default=None, help="metric of the grid table and heatmap (default: avg)")
-    p.add_argument("--unit", default=None, help="unit of the metrics, for the figure (e.g. %%)")
-    return p
+    unit: str | None = field(default=None, metadata={"help": "unit of the metrics, for the figure (e.g. %%)"})
+
+    def __post_init__(self):
+        if self.grid is not None:
+            if self.mask_ratios is not None or self.top_ks is not None:
+                raise UserError(
+                    "give the grid once: either --grid r=... k=... or --mask_ratios with --top_ks"
+                )
+            self.mask_ratios, self.top_ks = parse_grid(self.grid)
+        elif self.mask_ratios is None or self.top_ks is None:
+            raise UserError(
+                "give the grid: --grid r=0.5,0.7,0.9 k=2,3 (or --mask_ratios 0.5,0.7 --top_ks 2,3)"
+            )
+        self.points = grid(self.mask_ratios, self.top_ks)  # validates r and k before any import
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.grid is not None:
-        if args.mask_ratios is not None or args.top_ks is not None:
-            raise UserError("give the grid once: either --grid r=... k=... or --mask_ratios with --top_ks")
-        mask_ratios, top_ks = parse_grid(args.grid)
-    elif args.mask_ratios is not None and args.top_ks is not None:
-        mask_ratios = _numbers(args.mask_ratios, float, "--mask_ratios")
-        top_ks = _numbers(args.top_ks, int, "--top_ks")
-    else:
-        raise UserError("give the grid: --grid r=0.5,0.7,0.9 k=2,3 (or --mask_ratios 0.5,0.7 --top_ks 2,3)")
-    points = grid(mask_ratios, top_ks)  # validates r and k before the pipeline is imported
+    (args, run_options) = parse_command(
+        "sweep", argv, SweepArgs, RunOptions, description=__doc__.split("\n")[0]
+    )
     out = Path(args.output_dir)
     func = load_pipeline(args.pipeline)
-    result = run_sweep(points, _point_runner(func, out), output_dir=out, metric=args.metric, unit=args.unit)
+    result = run_sweep(
+        args.points,
+        _point_runner(func, out),
+        output_dir=out,
+        metric=args.metric,
+        unit=args.unit,
+        pipeline=f"{func.__module__}:{func.__qualname__}",
+        overwrite=run_options.overwrite,
+    )
     print(result.table, end="")
     print(f"{len(result.computed)} points run, {len(result.reused)} read back from {result.files['log']}")
     print(f"wrote {', '.join(p.name for p in result.files.values())} to {out}")
