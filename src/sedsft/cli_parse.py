@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trl import TrlParser
+from trl import ModelConfig, TrlParser
 
 from sedsft.errors import UserError, check_choice, check_count, check_number
 from sedsft.models import DTYPES, check_device
@@ -98,6 +98,9 @@ class CommandParser(TrlParser):
                 {k: v for k, v in f.metadata.items() if k not in _OUR_METADATA}
             )
         TrlParser._parse_dataclass_field(parser, f)
+
+    def parse_args_and_config(self, args=None, *_, **__) -> tuple:  # TRL's entry point, our rules
+        return self.parse(args if args is not None else [])
 
     def error(self, message):  # argparse's errors: one line, no usage block, no exit
         raise UserError(f"{message}; see sedsft {self.command} --help")
@@ -369,6 +372,20 @@ class ModelOptions:
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
         self.device = check_device(self.device)
+
+
+@dataclass
+class TrainModelOptions(ModelConfig):
+    """TRL's ModelConfig for sft and grpo (dtype, attention, PEFT, quantization); ``--model`` works too."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "local model folder (config.json, weights, tokenizer); nothing is downloaded",
+            "aliases": ["--model"],
+            "manifest": False,  # a run input (path and fingerprint)
+        },
+    )
 
 
 @dataclass

@@ -226,6 +226,40 @@ def build_manifest(output_dir: str | os.PathLike, spec: RunSpec) -> dict:
     }
 
 
+def check_run(output_dir: str | os.PathLike, spec: RunSpec, *, overwrite: bool = False) -> None:
+    """Raise the UserError :func:`open_run` would raise, writing nothing (every process of a job can ask)."""
+    out = Path(output_dir).expanduser()
+    _judge(out, build_manifest(out, spec), overwrite)
+
+
+def _judge(out: Path, new: dict, overwrite: bool) -> dict | None:
+    """The manifest already in ``out`` (None: none there) if the rule lets ``new`` open it; else a UserError."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} is a file; pass a folder path")
+    path = out / MANIFEST
+    if not path.is_file():
+        if out.is_dir() and _visible_entries(out):
+            names = ", ".join(sorted(p.name for p in _visible_entries(out))[:3])
+            raise UserError(
+                f"{out} is not empty ({names}, ...) and holds no sedsft run ({MANIFEST}): it was made by another "
+                "program or an older sedsft; choose another --output_dir or empty it yourself"
+            )
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise UserError(f"{path} is not a sedsft run manifest; remove it or choose another --output_dir")
+    diffs = _differences(old, new)
+    if diffs and not overwrite:
+        raise UserError(
+            f"{out} holds another run ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); "
+            "rerun with the same options, choose another --output_dir, or pass --overwrite to replace it"
+        )
+    return old
+
+
 def open_run(
     output_dir: str | os.PathLike,
     spec: RunSpec,
@@ -239,46 +273,53 @@ def open_run(
     the folder holds this run; nothing is written or deleted.
     """
     out = Path(output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder {out} is a file; pass a folder path")
     new = build_manifest(out, spec)
-    path = out / MANIFEST
-    old = None
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = None
-        if not isinstance(old, dict) or old.get("format") != FORMAT:
-            raise UserError(f"{path} is not a sedsft run manifest; remove it or choose another --output_dir")
     if not main_process:
-        if old is None or _differences(old, new):
-            raise UserError(f"{out} does not hold this run on the main process's side; rerun the command")
+        old = _judge(out, new, False) if (out / MANIFEST).is_file() else None
+        if old is None:
+            raise UserError(f"{out} holds no run manifest on this process's side; rerun the command")
         return Run(out, old, resumed=True, main_process=False)
+    old = _judge(out, new, overwrite)
     if old is not None:
-        diffs = _differences(old, new)
-        if not diffs and not overwrite:
-            return Run(out, old, resumed=True)
         if not overwrite:
-            raise UserError(
-                f"{out} holds another run ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); "
-                "rerun with the same options, choose another --output_dir, or pass --overwrite to replace it"
-            )
+            return Run(out, old, resumed=True)
         _clear(out)  # a sedsft run folder, replaced on request: nothing of the old run stays
-    elif out.is_dir() and _visible_entries(out):
-        names = ", ".join(sorted(p.name for p in _visible_entries(out))[:3])
-        raise UserError(
-            f"{out} is not empty ({names}, ...) and holds no sedsft run ({MANIFEST}): it was made by another "
-            "program or an older sedsft; choose another --output_dir or empty it yourself"
-        )
     from sedsft import __version__
 
     new["state"] = {"sedsft_version": __version__, "created_utc": _now(), "finished": False}
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, new)
+        atomic_write_json(out / MANIFEST, new)
     except PermissionError as e:
         raise UserError(
             f"cannot write to output folder {out} ({e.strerror}); choose another --output_dir"
         ) from None
     return Run(out, new, resumed=False)
+
+
+# ---- Trainer folders (sft, grpo) ---------------------------------------------------------------------
+
+
+def open_training_run(args, spec: RunSpec, *, overwrite: bool = False) -> Run:
+    """:func:`open_run` for a Trainer's ``args.output_dir`` under a distributed launch.
+
+    Every process judges the folder first (the same files, the same verdict: a refusal stops them all
+    alike, none waits at a barrier); then the main process writes, and the others read it back.
+    """
+    check_run(args.output_dir, spec, overwrite=overwrite)
+    with args.main_process_first(local=False, desc="sedsft run folder"):
+        main = args.process_index == 0
+        return open_run(args.output_dir, spec, overwrite=overwrite and main, main_process=main)
+
+
+def last_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (Trainer writes ``trainer_state.json`` last)."""
+    best, best_step = None, -1
+    p = Path(folder)
+    if not p.is_dir():
+        return None
+    for d in p.iterdir():
+        step = d.name.removeprefix("checkpoint-")
+        if d.is_dir() and step.isdigit() and (d / "trainer_state.json").is_file() and int(step) > best_step:
+            best, best_step = str(d), int(step)
+    return best

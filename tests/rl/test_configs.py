@@ -23,7 +23,7 @@ def test_both_backbones_have_a_config():
 def test_paper_config(path, tmp_path):
     first = path.read_text().splitlines()[:4]
     assert first[0].startswith("# ") and any("sedsft.cli grpo" in line for line in first)
-    script, config, model = build_parser().parse_args_and_config(
+    script, config, model, _ = build_parser().parse_args_and_config(
         ["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false", "--use_cpu", "true"]
     )
     assert script.dataset_path.endswith("rl/math_level1_filtered.parquet")
@@ -51,6 +51,6 @@ def test_config_validation(tmp_path, kwargs, message):
 
 
 def test_script_arguments():
-    assert GRPOScriptArguments(system_prompt="none").system_prompt == ""
-    with pytest.raises(UserError, match="reward_workers must be >= 0"):
+    assert GRPOScriptArguments(system_prompt="none").system_prompt is None
+    with pytest.raises(UserError, match="reward_workers must be an integer >= 0"):
         GRPOScriptArguments(reward_workers=-1)

@@ -68,15 +68,31 @@ def test_cli_logs_checkpoints_and_resumes(tiny_checkpoint, qa_file, tmp_path, ca
     assert (out / "checkpoint-2").is_dir() and (out / "model.safetensors").is_file()
     assert "sedsft grpo: 2 steps" in capsys.readouterr().out
 
-    # Rerunning with a longer budget continues from checkpoint-2 instead of starting over.
-    assert sedsft_main(["grpo", "--config", str(config), "--max_steps", "3"]) == 0
-    assert [m["step"] for m in _metrics(out) if "reward" in m] == [1, 2, 3]
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    # The same command again: the finished run is reported, not redone; a longer budget there is refused.
+    assert sedsft_main(["grpo", "--config", str(config), "--max_steps", "2"]) == 0
+    assert "holds this finished run" in capsys.readouterr().out
+    assert sedsft_main(["grpo", "--config", str(config), "--max_steps", "3"]) == 2
+    assert "holds another run (max_steps 2 -> 3)" in capsys.readouterr().err
+    # A longer budget from checkpoint-2 into a new folder continues instead of starting over.
+    more = tmp_path / "more"
+    argv = ["grpo", "--config", str(config), "--max_steps", "3", "--output_dir", str(more)]
+    assert sedsft_main([*argv, "--resume_from_checkpoint", str(out / "checkpoint-2")]) == 0
+    assert [m["step"] for m in _metrics(more) if "reward" in m] == [1, 2, 3]
+    assert json.loads((more / "trainer_state.json").read_text())["global_step"] == 3
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert sedsft_main(["grpo", "--output_dir", str(tmp_path), "--use_cpu", "true"]) == 2
-    assert "pass --model_name_or_path" in capsys.readouterr().err
+    assert "--model is required" in capsys.readouterr().err
+    assert (
+        sedsft_main(["grpo", "--output_dir", str(tmp_path), "--use_cpu", "true", "--num_generations", "0"])
+        == 2
+    )
+    assert "num_generations must be an integer >= 2 (or unset), got 0" in capsys.readouterr().err
+    assert (
+        sedsft_main(["grpo", "--output_dir", str(tmp_path), "--use_cpu", "true", "--temperature", "nan"]) == 2
+    )
+    assert "temperature must be a finite number > 0, got nan" in capsys.readouterr().err
 
 
 def _alternating(completions, **kwargs):

@@ -4,28 +4,29 @@
     sedsft grpo --model_name_or_path out/sft-ce --dataset_path data.jsonl --output_dir out/rl-ce \\
         --max_steps 100 --per_device_train_batch_size 8 --gradient_accumulation_steps 32
 
-Options are TRL's: :class:`~sedsft.rl.config.GRPOScriptArguments` (data, reward, resume), then
+Options are TRL's: :class:`~sedsft.rl.config.GRPOScriptArguments` (data, reward), then
 :class:`~sedsft.rl.config.SEDGRPOConfig` (GRPOConfig with the paper's recipe as defaults), then
-TRL's ModelConfig (``--model_name_or_path``, ``--dtype``, ``--use_peft`` ...). ``--config`` reads a
-YAML file of the same names; flags given on the command line win. Rerunning the same command
-continues from the last checkpoint in ``--output_dir`` (``--resume never`` starts over).
+TRL's ModelConfig (``--model_name_or_path`` or ``--model``, ``--dtype``, ``--use_peft`` ...).
+``--config`` reads a YAML file of the same names; flags given on the command line win.
+``--output_dir`` is a run folder (:mod:`sedsft.runs`): rerunning the same command continues from its
+last complete checkpoint; other options, another model or data are refused there unless
+``--overwrite`` (which starts over). To train on from a checkpoint with a longer budget, use a new
+``--output_dir`` with ``--resume_from_checkpoint PATH``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 
+from sedsft.cli_parse import CommandParser, RunOptions, TrainModelOptions
 from sedsft.errors import UserError
 
 
-def build_parser():
-    from trl import ModelConfig, TrlParser
-
+def build_parser() -> CommandParser:
     from sedsft.rl.config import GRPOScriptArguments, SEDGRPOConfig
 
-    return TrlParser((GRPOScriptArguments, SEDGRPOConfig, ModelConfig), prog="sedsft grpo")
+    return CommandParser("grpo", (GRPOScriptArguments, SEDGRPOConfig, TrainModelOptions, RunOptions))
 
 
 def model_init_kwargs(config, model_args) -> dict:
@@ -40,26 +41,36 @@ def model_init_kwargs(config, model_args) -> dict:
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with warnings.catch_warnings():  # TrainingArguments' deprecation notices for flags nobody set
-        warnings.simplefilter("ignore", FutureWarning)
-        script, config, model_args = build_parser().parse_args_and_config(argv)
+    script, config, model_args, run_options = build_parser().parse(argv)
     from trl import get_peft_config
 
+    from sedsft.models import check_local_model, check_tokenizer_folder
     from sedsft.rl.prompts import load_rl_prompts
     from sedsft.rl.rewards import PooledMathReward, math_reward
     from sedsft.rl.trainer import run_grpo
+    from sedsft.runs import RunSpec, open_training_run, settings_of, training_settings
 
-    if not model_args.model_name_or_path:
-        raise UserError("pass --model_name_or_path: a local model folder (e.g. an SFT output_dir)")
+    model = check_local_model(model_args.model_name_or_path)
+    check_tokenizer_folder(model)
     if not script.dataset_path:
         raise UserError(
             "pass --dataset_path: a local prompt file (e.g. ../shared/data/rl/math_level1_filtered.parquet)"
         )
-    options = {"system_prompt": script.system_prompt or None, "missing_gold": script.missing_gold}
+    options = {"system_prompt": script.system_prompt, "missing_gold": script.missing_gold}
     train = load_rl_prompts(script.dataset_path, limit=script.max_prompts, **options)
     evaluation = load_rl_prompts(script.eval_dataset_path, **options) if script.eval_dataset_path else None
     config.model_init_kwargs = model_init_kwargs(config, model_args)
-    resume = config.resume_from_checkpoint or script.resume
+    spec = RunSpec(
+        "grpo",
+        settings={**settings_of(script), **training_settings(config, model_args)},
+        inputs={"model": model, "data": script.dataset_path, "eval_data": script.eval_dataset_path},
+    )
+    run = open_training_run(config, spec, overwrite=run_options.overwrite)
+    if run.finished:
+        print(
+            f"sedsft grpo: {config.output_dir} holds this finished run; nothing to do (--overwrite trains again)"
+        )
+        return 0
 
     with contextlib.ExitStack() as stack:
         reward = math_reward
@@ -69,13 +80,14 @@ def main(argv: list[str]) -> int:
             )
         result = run_grpo(
             config,
-            model=model_args.model_name_or_path,
+            model=model,
             train_dataset=train,
             eval_dataset=evaluation,
             reward_funcs=[reward],
             peft_config=get_peft_config(model_args),
-            resume=resume,
+            resume=config.resume_from_checkpoint or "auto",  # a new folder has no checkpoint to resume from
         )
+    run.mark_finished()
     if result.trainer.is_world_process_zero():
         rewards = [h["reward"] for h in result.log_history if h.get("reward") is not None]
         last = f", last logged reward {rewards[-1]:.3f}" if rewards else ""

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from sedsft.errors import UserError
+from sedsft.cli_parse import SYSTEM_PROMPT_HELP, system_prompt_value
+from sedsft.errors import UserError, check_count, check_finite_fields, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.train.config import default_bf16_to_hardware
 
@@ -108,6 +109,14 @@ class SEDGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        # checked before TRL's own __post_init__, which divides by some of them
+        check_count("num_generations", self.num_generations, minimum=2, allow_none=True)
+        check_count("max_completion_length", self.max_completion_length, allow_none=True)
+        check_number("temperature", self.temperature, low=0, open_low=True)
+        check_number("top_p", self.top_p, low=0, high=1, open_low=True)
+        check_number("epsilon", self.epsilon, low=0)
+        check_number("learning_rate", self.learning_rate, low=0)
+        check_finite_fields(self)  # NaN or infinity means nothing in any other float option either
         if self.use_vllm is None:
             self.use_vllm = _vllm_usable()
         default_bf16_to_hardware(self)
@@ -135,19 +144,19 @@ class GRPOScriptArguments:
         metadata={
             "help": "Local prompt file or folder (JSONL, JSON, Parquet): verl layout (prompt messages + "
             f"reward_model.ground_truth, e.g. {PAPER_RL_DATA}) or question/answer, problem/solution, "
-            "prompt/completion, messages."
+            "prompt/completion, messages.",
+            "aliases": ["--data"],
+            "manifest": False,  # a run input (path and fingerprint)
         },
     )
     eval_dataset_path: str | None = field(
         default=None,
-        metadata={"help": "Optional local prompt file for TRL's periodic evaluation (same layouts)."},
-    )
-    system_prompt: str = field(
-        default=DEFAULT_SYSTEM_PROMPT,
         metadata={
-            "help": "System turn added to prompts that have none (the paper's by default); 'none' for no system turn."
+            "help": "Optional local prompt file for TRL's periodic evaluation (same layouts).",
+            "manifest": False,
         },
     )
+    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
     missing_gold: str = field(
         default="drop",
         metadata={
@@ -169,21 +178,9 @@ class GRPOScriptArguments:
     reward_timeout_s: float = field(
         default=2.0, metadata={"help": "Per-response grading time limit in seconds when reward_workers > 0."}
     )
-    resume: str = field(
-        default="auto",
-        metadata={
-            "help": "'auto': continue from the last checkpoint in output_dir when there is one; 'never': start "
-            "over. An explicit --resume_from_checkpoint PATH wins over both.",
-            "choices": ["auto", "never"],
-        },
-    )
 
     def __post_init__(self):
-        if self.system_prompt.strip().lower() in ("", "none", "null"):
-            self.system_prompt = ""
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise UserError(f"max_prompts must be >= 1, got {self.max_prompts}")
-        if self.reward_workers < 0:
-            raise UserError(f"reward_workers must be >= 0, got {self.reward_workers}")
-        if self.reward_timeout_s <= 0:
-            raise UserError(f"reward_timeout_s must be > 0, got {self.reward_timeout_s}")
+        self.system_prompt = system_prompt_value(self.system_prompt)
+        check_count("max_prompts", self.max_prompts, allow_none=True)
+        check_count("reward_workers", self.reward_workers, minimum=0)
+        check_number("reward_timeout_s", self.reward_timeout_s, low=0, open_low=True)

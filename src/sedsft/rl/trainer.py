@@ -18,6 +18,7 @@ CPU demo does) and ``sedsft grpo`` from the shell.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +26,14 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer
 
 from sedsft.errors import UserError
-from sedsft.io import JsonlLog
+from sedsft.io import JsonlLog, atomic_write_text
 from sedsft.rl.config import SEDGRPOConfig
 from sedsft.rl.prompts import RLPrompt, to_dataset
 from sedsft.rl.rewards import math_reward
+from sedsft.runs import last_checkpoint
 
 
 def group_stats(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int) -> dict[str, float]:
@@ -81,6 +82,11 @@ class JsonlMetricsCallback(TrainerCallback):
         self.path = Path(path)
         self.log: JsonlLog | None = None  # opened on the main process only, at its first log line
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # on resume: the checkpoint's history, nothing logged after it
+            rows = [{"step": r.get("step"), "epoch": r.get("epoch"), **r} for r in state.log_history]
+            atomic_write_text(self.path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.log = self.log or JsonlLog(self.path)
@@ -102,7 +108,7 @@ def resolve_resume(output_dir: str | Path, resume: str | bool | None) -> str | N
     if resume in (None, False, "never"):
         return None
     if resume in (True, "auto", "last"):
-        last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+        last = last_checkpoint(output_dir)
         if last is None and resume in (True, "last"):
             raise UserError(f"no checkpoint-* folder in {output_dir} to resume from; drop the resume option")
         return last
