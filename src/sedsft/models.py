@@ -151,3 +151,24 @@ def load_local_model(
     if not place:
         return model, tokenizer
     return model.to(device or default_device()).eval(), tokenizer
+
+
+def load_training_model(model_args, *, trust_remote_code: bool = False, chat_template_path=None):
+    """(model, tokenizer) for training from TRL's ModelConfig: dtype, attention, k-bit quantization.
+
+    k-bit weights go to this process's GPU at load time (as TRL's scripts do); anything else stays
+    where ``from_pretrained`` puts it, for the Trainer to place.
+    """
+    from trl import get_quantization_config
+
+    quantization = get_quantization_config(model_args)
+    return load_local_model(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype or "auto",
+        place=False,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if quantization is not None else None,
+        chat_template_path=chat_template_path,
+    )

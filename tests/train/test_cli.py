@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sedsft.cli import main as sedsft_main
 from sedsft.losses import OBJECTIVES
@@ -114,12 +115,12 @@ def test_broken_jsonl_in_a_real_process(tmp_path, tiny_ckpt):
     "config", sorted((ROOT / "configs" / "paper").glob("sft_*.yaml")), ids=lambda p: p.name
 )
 def test_paper_configs_parse_and_validate(config):
-    from sedsft.train.cli import _parser
+    from sedsft.train.cli import build_parser
 
     text = config.read_text()
     assert text.startswith("# ") and "accelerate launch --config_file configs/accelerate/zero2.yaml" in text
     for objective in OBJECTIVES:
-        args, model_args = _parser().parse_args_and_config(
+        args, model_args, _ = build_parser().parse(
             ["--config", str(config), "--objective", objective, "--use_cpu"]  # bf16 needs a GPU or use_cpu
         )
         assert args.learning_rate == 2e-5 and args.bf16 and args.mask_ratio == 0.7 and args.top_k == 2
@@ -133,8 +134,72 @@ def test_calibrate_gives_the_tau_sft_computes(tmp_path, tiny_ckpt, train_file, c
     trained = json.loads((tmp_path / "sed" / "sedsft_calibration.json").read_text())
     out = tmp_path / "cal.json"
     argv = ["calibrate", "--model", str(tiny_ckpt), "--data", str(train_file), "--output", str(out)]
-    assert sedsft_main([*argv, "--num_examples", "8", "--max_length", "128"]) == 0
+    assert sedsft_main([*argv, "--calibration_examples", "8", "--max_length", "128"]) == 0
     cal = json.loads(out.read_text())
     assert f"tau = {cal['tau']:.6f}" in capsys.readouterr().out
     assert cal["tau"] == trained["tau"] and cal["spec"] == trained["spec"]
     assert cal["spec"]["top_k"] == 2 and cal["spec"]["mask_ratio"] == 0.7 and cal["num_sequences"] == 8
+
+
+def _resume_config(tmp_path, ckpt, data) -> Path:
+    cfg = tmp_path / "resume.yaml"
+    cfg.write_text(
+        f"model: {ckpt}\ndata: {data}\nobjective: sed\nmax_steps: 4\nsave_strategy: steps\nsave_steps: 2\n"
+        "per_device_train_batch_size: 4\nlogging_steps: 1\nlearning_rate: 1.0e-3\nreport_to: none\n"
+        "use_cpu: true\nbf16: false\nmax_length: 128\ncalibration_examples: 8\ndisable_tqdm: true\nseed: 0\n"
+    )
+    return cfg
+
+
+def test_sft_interrupted_then_rerun_resumes_exactly(tmp_path, tiny_ckpt, train_file, monkeypatch, capsys):
+    from safetensors.torch import load_file
+
+    from sedsft.train.trainer import SEDSFTTrainer
+
+    cfg = _resume_config(tmp_path, tiny_ckpt, train_file)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert sedsft_main(["sft", "--config", str(cfg), "--output_dir", str(whole)]) == 0
+
+    real_step = SEDSFTTrainer.training_step
+
+    def killed_in_step_4(self, *a, **kw):  # Ctrl-C during step 4: checkpoint-2 is the last one saved
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(SEDSFTTrainer, "training_step", killed_in_step_4)
+    assert sedsft_main(["sft", "--config", str(cfg), "--output_dir", str(cut)]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert not (cut / "model.safetensors").exists() and (cut / "checkpoint-2").is_dir()
+    steps_run = []
+
+    def counted(self, *a, **kw):
+        steps_run.append(self.state.global_step + 1)
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(SEDSFTTrainer, "training_step", counted)
+    assert sedsft_main(["sft", "--config", str(cfg), "--output_dir", str(cut)]) == 0
+    assert steps_run == [3, 4]  # resumed from checkpoint-2, not restarted at step 0
+
+    a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(folder):
+        rows = [json.loads(x) for x in (folder / "sedsft_metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r["mask_rate"], r["tau"]) for r in rows if "loss" in r]
+
+    assert losses(cut) == losses(whole) and [s for s, *_ in losses(whole)] == [1, 2, 3, 4]
+
+    capsys.readouterr()
+    assert sedsft_main(["sft", "--config", str(cfg), "--output_dir", str(cut)]) == 0
+    assert "holds this finished run" in capsys.readouterr().out
+    assert sedsft_main(["sft", "--config", str(cfg), "--output_dir", str(cut), "--objective", "ce"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'holds another run (objective "sed" -> "ce")' in err[0], err
+    assert (
+        sedsft_main(
+            ["sft", "--config", str(cfg), "--output_dir", str(cut), "--tau", "0.5", "--mask_ratio", "0.5"]
+        )
+        == 2
+    )
+    assert "--mask_ratio does not apply when --tau is given" in capsys.readouterr().err

@@ -6,7 +6,10 @@
     accelerate launch --config_file configs/accelerate/zero2.yaml -m sedsft.cli sft --config ...
 
 Models, tokenizers and data are read from local paths only (``local_files_only``); the hub is never
-contacted. Bad input ends with one line on stderr and exit code 2 (the dispatcher prints our errors).
+contacted. ``--output_dir`` is a run folder (:mod:`sedsft.runs`): rerunning the same command resumes
+from the last complete checkpoint (a finished run is only reported); another objective, other
+settings, another model or data are refused there unless ``--overwrite``, which starts over in an
+emptied folder. Bad input ends with one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 
+from sedsft.cli_parse import CommandParser, RunOptions, TrainModelOptions
 from sedsft.errors import UserError
-from sedsft.models import check_local_model
 
 logger = logging.getLogger("sedsft.train")
 
@@ -27,45 +29,10 @@ DESCRIPTION = (
 )
 
 
-def _parser():
-    from trl import ModelConfig, TrlParser
-
+def build_parser() -> CommandParser:
     from .config import SEDSFTConfig
 
-    class Parser(TrlParser):
-        def error(self, message):  # one line instead of argparse's multi-page usage
-            raise UserError(f"{message} (see sedsft sft --help)")
-
-    return Parser((SEDSFTConfig, ModelConfig), prog="sedsft sft", description=DESCRIPTION)
-
-
-def _load_model_and_tokenizer(model_args, args):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import get_quantization_config
-
-    path = check_local_model(model_args.model_name_or_path, flag="--model_name_or_path")
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, trust_remote_code=args.trust_remote_code, local_files_only=True
-    )
-    if args.chat_template_path:
-        if not os.path.isfile(args.chat_template_path):
-            raise UserError(f"--chat_template_path {args.chat_template_path!r} is not a local .jinja file")
-        with open(args.chat_template_path, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    quantization = get_quantization_config(model_args)
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=args.trust_remote_code,
-        local_files_only=True,
-        quantization_config=quantization,
-        # k-bit weights are placed on this process's GPU at load time (as TRL's scripts do)
-        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if quantization is not None else None,
-    )
-    return model, tokenizer
+    return CommandParser("sft", (SEDSFTConfig, TrainModelOptions, RunOptions), description=DESCRIPTION)
 
 
 def _resume_value(value):
@@ -80,12 +47,12 @@ def _resume_value(value):
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local paths only; set before the hub library reads it
-    with warnings.catch_warnings():  # TrainingArguments' deprecation notices for flags nobody set
-        warnings.simplefilter("ignore", FutureWarning)
-        args, model_args = _parser().parse_args_and_config(argv)
+    args, model_args, run_options = build_parser().parse(argv)
     from trl import get_peft_config
 
     from sedsft.data import load_records, to_conversation
+    from sedsft.models import check_local_model, check_tokenizer_folder, load_training_model
+    from sedsft.runs import RunSpec, last_checkpoint, open_training_run, training_settings
 
     from .trainer import SEDSFTTrainer
 
@@ -99,7 +66,35 @@ def main(argv: list[str]) -> int:
     eval_records = load_records(args.eval_dataset_path) if args.eval_dataset_path else None
     for record in records + (eval_records or []):
         to_conversation(record, system_prompt=args.system_prompt)  # layout errors, also before the model load
-    model, tokenizer = _load_model_and_tokenizer(model_args, args)
+    path = check_local_model(model_args.model_name_or_path)
+    check_tokenizer_folder(path)
+    resume = _resume_value(args.resume_from_checkpoint)
+    spec = RunSpec(
+        "sft",
+        settings=training_settings(args, model_args),
+        inputs={
+            "model": path,
+            "data": args.dataset_path,
+            "eval_data": args.eval_dataset_path,
+            "chat_template": args.chat_template_path,
+        },
+    )
+    run = open_training_run(args, spec, overwrite=run_options.overwrite)
+    if run.finished:
+        print(
+            f"sedsft sft: {args.output_dir} holds this finished run; nothing to do (--overwrite trains again)"
+        )
+        return 0
+    if resume is True or (resume is None and run.resumed):
+        asked, resume = resume is True, last_checkpoint(args.output_dir)
+        if asked and resume is None:
+            raise UserError(f"--resume_from_checkpoint true: no complete checkpoint in {args.output_dir}")
+        if resume is not None and is_main:  # None: interrupted before its first checkpoint, start again
+            logger.info("resuming from %s", resume)
+
+    model, tokenizer = load_training_model(
+        model_args, trust_remote_code=args.trust_remote_code, chat_template_path=args.chat_template_path
+    )
     trainer = SEDSFTTrainer(
         model,
         args=args,
@@ -112,8 +107,9 @@ def main(argv: list[str]) -> int:
         logger.info(
             "objective=%s loss_impl=%s output_dir=%s", args.objective, trainer.loss_impl, args.output_dir
         )
-    trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)  # final weights (or adapter) and tokenizer
+    run.mark_finished()
     if is_main:
         logger.info("saved the model, tokenizer and sedsft_metrics.jsonl to %s", args.output_dir)
     return 0

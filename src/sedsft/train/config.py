@@ -16,8 +16,9 @@ from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from trl import SFTConfig
 
 from sedsft.calibrate import CalibrationOptions, check_tau
+from sedsft.cli_parse import SYSTEM_PROMPT_HELP, system_prompt_value
 from sedsft.data import OVERFLOW
-from sedsft.errors import UserError
+from sedsft.errors import UserError, check_finite_fields
 from sedsft.losses import IMPLS, OBJECTIVES, get_objective
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -91,15 +92,17 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
     )
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "training data: a local .jsonl/.json/.parquet file or a folder of them"},
+        metadata={
+            "help": "training data: a local .jsonl/.json/.parquet file or a folder of them",
+            "aliases": ["--data"],
+            "manifest": False,  # a run input (path and fingerprint)
+        },
     )
     eval_dataset_path: str | None = field(
-        default=None, metadata={"help": "optional evaluation data, same formats as dataset_path"}
+        default=None,
+        metadata={"help": "optional evaluation data, same formats as dataset_path", "manifest": False},
     )
-    system_prompt: str | None = field(
-        default=DEFAULT_SYSTEM_PROMPT,
-        metadata={"help": "system message added to records without one; '' adds none"},
-    )
+    system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
     overflow: str = field(
         default="truncate",
         metadata={
@@ -109,6 +112,8 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
     )
 
     def __post_init__(self):
+        self.system_prompt = system_prompt_value(self.system_prompt)
+        check_finite_fields(self)  # NaN or infinity means nothing in any float option
         default_bf16_to_hardware(self)
         super().__post_init__()
         # data is tokenized by sedsft.data (completion-only labels); TRL's preparation must not run again
