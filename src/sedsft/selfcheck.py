@@ -6,11 +6,13 @@ differences per objective and exits non-zero if any exceeds the tolerance.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 
 import torch
 
+from .cli_parse import parse_command
 from .losses import fused_linear, naive, objective_loss
+from .models import check_device, default_device
 
 CASES = [
     ("ce", {}),
@@ -53,10 +55,19 @@ def run(*, device: str = "cpu", tol: float = 1e-9) -> list[dict]:
     return rows
 
 
+@dataclass
+class SelfcheckArgs:
+    device: str | None = field(
+        default=None, metadata={"help": "where to run: auto (cuda when available), cpu, cuda, cuda:N"}
+    )
+
+    def __post_init__(self):
+        self.device = check_device(self.device)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sedsft selfcheck", description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
+    (args,) = parse_command("selfcheck", argv or [], SelfcheckArgs, description=__doc__.splitlines()[0])
+    args.device = args.device or default_device()
     rows = run(device=args.device)
     print(f"{'objective':16s} {'loss':>10s} {'|logits-naive|':>15s} {'|fused-naive|':>15s}")
     for r in rows:

@@ -110,7 +110,7 @@ def test_rerun_resumes_and_same_seed_reproduces(tiny_run):
     strip = lambda r: {k: {s: v["accuracy"] for s, v in e["splits"].items()} for k, e in r["evals"].items()}  # noqa: E731
     assert strip(fresh.results) == strip(first.results)
     # other budgets in the same folder are refused rather than mixed
-    with pytest.raises(UserError, match="other budgets"):
+    with pytest.raises(UserError, match=r"holds another run \(sft_steps 4 -> 5\)"):
         run_demo(
             DemoConfig.tiny(sft_steps=5),
             output_dir=first.output_dir,
@@ -126,7 +126,7 @@ def test_cli_bad_arguments_give_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err
     assert main(["demo", "--seeds", "0"]) == 2
-    assert re.search(r"--seeds must be >= 1", capsys.readouterr().err)
+    assert re.search(r"seeds must be an integer >= 1", capsys.readouterr().err)
 
 
 def test_sweep_point_exists_with_the_sweep_signature():

@@ -6,52 +6,59 @@
     sedsft demo --objectives ce,sed  # a subset, on the default budgets
 
 Writes ``<output_dir>/report.md`` and ``<output_dir>/results.json``; rerunning the same command skips
-the stages already finished. Base models are cached under ``<cache_dir>/demo-base/<config hash>``.
+the stages already finished. ``--output_dir`` is a run folder (:mod:`sedsft.runs`): a demo with other
+budgets there is refused unless ``--overwrite``. Base models are cached under
+``<cache_dir>/demo-base/<config hash>``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 
-from sedsft.errors import UserError
+from sedsft.cli_parse import RunOptions, parse_command
+from sedsft.errors import UserError, check_count
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sedsft demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="CE and SED-SFT on smaller budgets (~4 min)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds of the SFT/RL/eval stages (mean +- std)")
-    p.add_argument("--output_dir", default="demo_out", help="where the report and every stage go")
-    p.add_argument(
-        "--cache_dir", default=None, help="base-model cache (default: $SEDSFT_CACHE or ~/.cache/sedsft)"
+@dataclass
+class DemoArgs:
+    """Which preset of :class:`~sedsft.demo.config.DemoConfig` runs, how often, and where."""
+
+    quick: bool = field(default=False, metadata={"help": "CE and SED-SFT on smaller budgets (~4 min)"})
+    seeds: int = field(default=1, metadata={"help": "seeds of the SFT/RL/eval stages (mean +- std)"})
+    output_dir: str = field(default="demo_out", metadata={"help": "where the report and every stage go"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "base-model cache (default: $SEDSFT_CACHE or ~/.cache/sedsft)"}
     )
-    p.add_argument("--objectives", default=None, help="comma-separated subset of ce,gem,dft,sed_nomask,sed")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    return p
+    objectives: str | None = field(
+        default=None, metadata={"help": "comma-separated subset of ce,gem,dft,sed_nomask,sed"}
+    )
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: all cores)"})
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def __post_init__(self):
+        check_count("seeds", self.seeds)
+        check_count("threads", self.threads, allow_none=True)
+        if self.objectives is not None and not [o for o in self.objectives.split(",") if o.strip()]:
+            raise UserError("--objectives is empty; give e.g. --objectives ce,sed")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse already printed its one-line usage error
-        return int(e.code or 0)
+    args, run_options = parse_command(
+        "demo",
+        sys.argv[1:] if argv is None else argv,
+        DemoArgs,
+        RunOptions,
+        description=__doc__.split("\n\n")[0],
+    )
     from sedsft.demo.config import DemoConfig
 
-    if args.seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     cfg = DemoConfig.quick() if args.quick else DemoConfig.default()
     if args.objectives is not None:
-        names = [o.strip() for o in args.objectives.split(",") if o.strip()]
-        if not names:
-            raise UserError("--objectives is empty; give e.g. --objectives ce,sed")
-        cfg = cfg.with_objectives(names)
+        cfg = cfg.with_objectives([o.strip() for o in args.objectives.split(",") if o.strip()])
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # child processes (grading workers) stay single-threaded
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=args.output_dir,
         cache_dir=args.cache_dir,
         seeds=args.seeds,
-        progress=not args.no_progress,
+        progress=args.progress,
+        overwrite=run_options.overwrite,
     )
     print()
     print(result.table)

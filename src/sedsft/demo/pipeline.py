@@ -448,18 +448,13 @@ def _mean(values) -> float | None:
 # --- the whole run ---------------------------------------------------------------------------------
 
 
-def _check_config(out: Path, cfg: DemoConfig, seeds: int) -> None:
-    path = out / "demo_config.json"
-    if path.exists():
-        old = read_json(path)
-        if old.get("fingerprint") != cfg.fingerprint():
-            raise UserError(
-                f"{out} holds a demo run with other budgets ({old.get('name')}); "
-                "rerun with the same options or choose another --output_dir"
-            )
-    atomic_write_json(
-        path, {"name": cfg.name, "fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "seeds": seeds}
-    )
+def _open_run(out: Path, cfg: DemoConfig, overwrite: bool) -> None:
+    """The demo folder is a run folder (:mod:`sedsft.runs`) of these budgets; objectives and seeds may grow."""
+    import json
+
+    from sedsft.runs import RunSpec, open_run
+
+    open_run(out, RunSpec("demo", settings=json.loads(cfg.fingerprint())), overwrite=overwrite)
 
 
 def run_demo(
@@ -471,8 +466,12 @@ def run_demo(
     progress: bool = True,
     rl: bool = True,
     report: bool = True,
+    overwrite: bool = False,
 ) -> DemoResult:
-    """Run (or resume) every stage of the demo for ``cfg`` and write ``report.md`` and ``results.json``."""
+    """Run (or resume) every stage of the demo for ``cfg`` and write ``report.md`` and ``results.json``.
+
+    ``output_dir`` holding a demo run with other budgets is refused, unless ``overwrite`` (start over).
+    """
     from tqdm.auto import tqdm
 
     from sedsft.demo.base_model import build_base_model
@@ -481,9 +480,8 @@ def run_demo(
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _open_run(out, cfg, overwrite)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    _check_config(out, cfg, seeds)
     wall, started = time.perf_counter(), time.time()
     # base, data, analysis, base eval, heatmaps [+ filter] + per seed and objective: SFT, eval [+ RL, eval]
     n_stages = 5 + (1 if rl else 0) + seeds * len(cfg.objectives) * (4 if rl else 2)
