@@ -31,7 +31,7 @@ from .stats import BatchStats, LossOutput
 IMPLS = ("auto", "torch", "triton")
 _CPU_BUDGET_MB = 256  # torch path: work buffers per call on CPU; SEDSFT_FUSED_BUDGET_MB overrides
 _GPU_BUDGET_MB = 1024  # torch path on CUDA: fixed, so the chunk size does not follow free memory
-_GRAD_W_TILE_ROWS = 8192  # vocabulary rows per fp32 up-cast of a low-precision weight-gradient product
+_ADDMM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= "2.8"  # addmm(out_dtype=), CUDA
 
 
 def auto_chunk_size(num_tokens: int, vocab_size: int, *, device: torch.device, buffers: int = 2) -> int:
@@ -142,6 +142,16 @@ def _chunk(h, weight, bias, y, plan: Plan, bufs: dict):
     return per_token.sum(), stats, grad_logits
 
 
+def _add_weight_grad(grad_w: Tensor, g: Tensor, g_low: Tensor, h: Tensor) -> None:
+    """grad_w += G^T h, summed in the accumulator's dtype: no chunk's product is rounded to bf16 first."""
+    if g_low is g:  # fp32 / fp64 inputs
+        grad_w.addmm_(g.T, h)
+    elif grad_w.is_cuda and _ADDMM_OUT_DTYPE:  # bf16 tensor cores, fp32 output
+        torch.addmm(grad_w, g_low.T, h, out_dtype=grad_w.dtype, out=grad_w)
+    else:  # CPU: the fp32 gradient buffer times an fp32 copy of the chunk's rows [n, d]
+        grad_w.addmm_(g.T, h.to(grad_w.dtype))
+
+
 class _TorchFusedLinear(torch.autograd.Function):
     """loss = sum_t objective_t(h_t W^T + b) / denominator, with the gradient computed in forward."""
 
@@ -175,18 +185,11 @@ class _TorchFusedLinear(torch.autograd.Function):
                 continue
             if grad_b is not None:
                 grad_b += g.sum(0)
-            if weight.dtype != acc:
-                g = g.to(weight.dtype)  # [n, V] half-size copy; products run in the input dtype
+            g_low = g.to(weight.dtype) if weight.dtype != acc else g  # [n, V] half-size copy for the products
+            if grad_w is not None:
+                _add_weight_grad(grad_w, g, g_low, h_c)
             if grad_h is not None:
-                torch.mm(g, weight, out=grad_h[sl])
-            if grad_w is None:
-                continue
-            if weight.dtype != acc:
-                for v0 in range(0, vocab, _GRAD_W_TILE_ROWS):  # vocab tiles bound the fp32 up-cast
-                    v1 = v0 + _GRAD_W_TILE_ROWS
-                    grad_w[v0:v1] += (g[:, v0:v1].T @ h_c).to(acc)  # rounded once per tile, summed in fp32
-            else:
-                grad_w.addmm_(g.T, h_c)
+                torch.mm(g_low, weight, out=grad_h[sl])  # each row complete: rounded once
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.weight_dtype = weight.dtype
         ctx.used = False

@@ -31,7 +31,7 @@ from .stats import BatchStats
 
 MAX_TOP_K = 32  # the running top-k is unrolled; beyond this the torch path serves
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_GPU_SLAB_BYTES = 128 * 2**20  # fp32 weight-gradient scratch per backward launch
+_GPU_SLAB_BYTES = 64 * 2**20  # fp32 weight-gradient scratch per backward launch
 _PROGRAMS_PER_SM = 4  # forward: vocabulary splits so that every SM gets a few programs
 
 
