@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -35,6 +35,8 @@ from .scoring import POSITIONS, ScoredPositions, check_top_k, eval_mode, score_b
 
 CALIBRATION_FILE = "sedsft_calibration.json"
 DEFAULT_SEED = 42  # TrainingArguments' default seed: sedsft calibrate draws what sedsft sft draws
+DEFAULT_MASK_RATIO = 0.7  # the paper's r
+DEFAULT_PRESET = "paper"
 SAMPLES = ("random", "first")  # a seeded random sample of records, or the first ones in file order
 STATISTICS = ("quantile", "order")  # numpy-linear (1 - r)-quantile, or the released code's order statistic
 _SUMMARY = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -68,7 +70,7 @@ class CalibrationSpec:
 
     top_k: int  # k of the P_topk that is scored
     mask_ratio: float  # r: the share of scored positions that tau leaves unpenalised
-    preset: str = "paper"
+    preset: str = DEFAULT_PRESET
     examples: int = 1000  # records sampled
     sample: str = "random"  # see SAMPLES
     seed: int = DEFAULT_SEED
@@ -93,7 +95,7 @@ class CalibrationSpec:
     @classmethod
     def from_preset(
         cls,
-        preset: str = "paper",
+        preset: str = DEFAULT_PRESET,
         *,
         top_k: int,
         mask_ratio: float,
@@ -116,19 +118,19 @@ class CalibrationSpec:
 class CalibrationOptions:
     """The calibration options of ``sedsft sft`` (:class:`~sedsft.train.SEDSFTConfig`) and ``sedsft calibrate``."""
 
-    mask_ratio: float = field(
-        default=0.7,
+    mask_ratio: float | None = field(
+        default=None,
         metadata={
-            "help": "SED-SFT: fraction r of scored positions left unpenalised; tau is chosen so that the "
-            "positions with P_topk >= tau make up that share"
+            "help": f"SED-SFT: fraction r of scored positions left unpenalised (tau is picked so that the positions "
+            f"with P_topk >= tau make up that share); unset = {DEFAULT_MASK_RATIO}; not with --tau"
         },
     )
-    calibration_preset: str = field(
-        default="paper",
+    calibration_preset: str | None = field(
+        default=None,
         metadata={
-            "help": "tau calibration rule: 'paper' (seeded random sample, label positions, the mask's k, linear "
-            "quantile) or 'authors' (the released code's: first 100 records, all positions, k = 10, order "
-            "statistic); see docs/objectives.md",
+            "help": "tau calibration rule: 'paper' (the default: seeded random sample, label positions, the mask's "
+            "k, linear quantile) or 'authors' (the released code's: first 100 records, all positions, k = 10, "
+            "order statistic); see docs/objectives.md",
             "choices": list(PRESETS),
         },
     )
@@ -161,12 +163,16 @@ class CalibrationOptions:
         metadata={"help": "tau calibration: cap on scored positions (in sample order); unset = all"},
     )
 
+    def calibration_options_given(self) -> list[str]:
+        """The calibration options set (not None): with a given tau, each is a conflict."""
+        return [f.name for f in fields(CalibrationOptions) if getattr(self, f.name) is not None]
+
     def calibration_spec(self, *, top_k: int, seed: int) -> CalibrationSpec:
         """The resolved rule for the mask's ``top_k`` and the run's ``seed`` (validated: one-line errors)."""
         return CalibrationSpec.from_preset(
-            self.calibration_preset,
+            self.calibration_preset or DEFAULT_PRESET,
             top_k=top_k,
-            mask_ratio=self.mask_ratio,
+            mask_ratio=DEFAULT_MASK_RATIO if self.mask_ratio is None else self.mask_ratio,
             seed=seed,
             examples=self.calibration_examples,
             positions=self.calibration_positions,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UserError, check_number
-from .losses import TokenStats, check_fusable, hidden_and_head, token_stats
+from .losses import TokenStats, hidden_and_head, token_stats
 from .losses.head import unwrap
 
 POSITIONS = ("labels", "all")
@@ -133,20 +133,18 @@ def score_batch(
     sel, target = _selection(batch, positions)
     inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
     gold = target[sel] if positions == "labels" else None  # [N]
-    try:
-        check_fusable(model)
-        fusable = True
-    except ValueError:  # a head the engine does not reproduce: the model's own logits
-        fusable = False
-    if fusable:
+    try:  # the engine's path; hidden_and_head refuses (before any forward) a head it cannot reproduce
         parts = hidden_and_head(model, **inputs)
+    except ValueError:
+        parts = None
+    if parts is not None:
         rows, weight, bias, dtype = parts.hidden[sel], parts.weight, parts.bias, parts.weight.dtype  # [N, d]
         rows = rows.to(dtype)
-    else:
+    else:  # soft-capped or scaled logits, a LoRA on the head: the model's own logits
         logits = model(**inputs, use_cache=False).logits  # [B, T, V]
         rows, weight, bias, dtype = logits[sel], None, None, logits.dtype  # [N, V]
     with torch.autocast(device_type=device.type, enabled=False):  # the head in its own dtype, fp32 statistics
-        impl = impl if fusable else "torch"  # rows that are logits take the torch path
+        impl = impl if weight is not None else "torch"  # rows that are logits take the torch path
         stats = token_stats(rows, weight, gold, bias=bias, top_k=top_k, chunk_size=chunk_size, impl=impl)
     row, position = sel.nonzero(as_tuple=True)  # row-major: the order of hidden[sel]
     return ScoredPositions(stats=stats, row=row, position=position, target=target[sel], logits_dtype=dtype)

@@ -157,12 +157,12 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
         """
         if self.calibrates_tau:
             self.calibration_spec(top_k=self.top_k, seed=self.seed)
-        elif self.needs_tau:
-            for f in fields(CalibrationOptions):
-                if getattr(self, f.name) != f.default:
-                    raise UserError(
-                        f"--{f.name} does not apply when --tau is given (tau is not calibrated); remove one"
-                    )
+        elif self.needs_tau and self.calibration_options_given():
+            name = self.calibration_options_given()[0]
+            raise UserError(
+                f"give --tau (a fixed threshold) or --{name} (tau calibrated), not both; unset one "
+                f"({name}: null in a YAML config)"
+            )
 
     def _accepted_options(self) -> set[str]:
         obj = get_objective(self.objective)
