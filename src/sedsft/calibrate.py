@@ -207,7 +207,7 @@ class Calibration:
         return cls(**{**data, "spec": spec})
 
 
-class TokenizedRecords(Sequence):
+class LazyTokenized(Sequence):
     """Records tokenized on access exactly as ``sedsft sft`` tokenizes them; ``None`` where SFT drops one."""
 
     def __init__(
@@ -390,7 +390,7 @@ def calibrate_records(
     source: dict | None = None,
 ) -> Calibration:
     """:func:`calibrate` on raw records (a data file's rows), tokenized as ``sedsft sft`` tokenizes them."""
-    examples = TokenizedRecords(
+    examples = LazyTokenized(
         records, tokenizer, system_prompt=system_prompt, max_length=max_length, overflow=overflow
     )
     return calibrate(model, examples, spec, pad_token_id=pad_id(tokenizer), source=source)

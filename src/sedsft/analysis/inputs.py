@@ -1,6 +1,6 @@
 """What the analysis tools read: records -> tokenized records and padded batches, a model from disk.
 
-Records are tokenized by the SFT pipeline's own rule (:class:`sedsft.calibrate.TokenizedRecords`), so an
+Records are tokenized by the SFT pipeline's own rule (:class:`sedsft.calibrate.LazyTokenized`), so an
 analysis sees exactly the tokens (chat template, system prompt, truncation, label mask) that training
 sees, and a sample of records is drawn by calibration's one rule (:func:`sedsft.calibrate.sample_indices`).
 Batches follow the HF unshifted convention: ``labels`` is -100 on prompt and padding tokens, and position
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sedsft.calibrate import TokenizedRecords
+from sedsft.calibrate import LazyTokenized
 from sedsft.errors import UserError, check_count
 from sedsft.models import load_local_model
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
@@ -47,7 +47,7 @@ def tokenize_records(
     indices: Sequence[int] | None = None,
 ) -> list[TokenizedRecord]:
     """``records`` (or the ``indices`` of them) as SFT tokenizes them; records SFT drops are skipped."""
-    view = TokenizedRecords(
+    view = LazyTokenized(
         records, tokenizer, system_prompt=system_prompt, max_length=max_length, overflow=overflow
     )
     out = []

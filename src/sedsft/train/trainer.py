@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from sedsft.calibrate import CALIBRATION_FILE, Calibration, TokenizedRecords, calibrate
+from sedsft.calibrate import CALIBRATION_FILE, Calibration, LazyTokenized, calibrate
 from sedsft.data import SFTCollator, build_sft_dataset
 from sedsft.errors import UserError
 from sedsft.losses import BatchStats, check_fusable, fused_forward_loss, objective_loss
@@ -177,7 +177,7 @@ class SEDSFTTrainer(SFTTrainer):
         args, data = self.args, self._calibration_data
         columns = getattr(data, "column_names", None) or []
         if "input_ids" not in columns or "labels" not in columns:
-            data = TokenizedRecords(
+            data = LazyTokenized(
                 data,
                 self.processing_class,
                 system_prompt=args.system_prompt,
