@@ -127,18 +127,21 @@ def test_paper_configs_parse_and_validate(config):
         assert args.tau is None and args.lam == 1.0 and model_args.model_name_or_path.startswith("models/")
 
 
-def test_calibrate_gives_the_tau_sft_computes(tmp_path, tiny_ckpt, train_file, capsys):
+@pytest.mark.parametrize("preset", ["paper", "authors"])
+def test_calibrate_gives_the_tau_sft_computes(tmp_path, tiny_ckpt, train_file, capsys, preset):
     """``sedsft calibrate`` and ``sedsft sft`` on the same model, data and options: the same tau, to the bit."""
     cfg = _tiny_config(tmp_path, tiny_ckpt, train_file, "sed")
-    assert sedsft_main(["sft", "--config", str(cfg), "--max_steps", "1"]) == 0
+    flags = ["--calibration_preset", preset]
+    assert sedsft_main(["sft", "--config", str(cfg), "--max_steps", "1", *flags]) == 0
     trained = json.loads((tmp_path / "sed" / "sedsft_calibration.json").read_text())
     out = tmp_path / "cal.json"
-    argv = ["calibrate", "--model", str(tiny_ckpt), "--data", str(train_file), "--output", str(out)]
+    argv = ["calibrate", "--model", str(tiny_ckpt), "--data", str(train_file), "--output", str(out), *flags]
     assert sedsft_main([*argv, "--calibration_examples", "8", "--max_length", "128"]) == 0
     cal = json.loads(out.read_text())
     assert f"tau = {cal['tau']:.6f}" in capsys.readouterr().out
     assert cal["tau"] == trained["tau"] and cal["spec"] == trained["spec"]
-    assert cal["spec"]["top_k"] == 2 and cal["spec"]["mask_ratio"] == 0.7 and cal["num_sequences"] == 8
+    assert cal["spec"]["preset"] == preset and cal["spec"]["mask_ratio"] == 0.7 and cal["num_sequences"] == 8
+    assert cal["spec"]["top_k"] == {"paper": 2, "authors": 10}[preset]
 
 
 def _resume_config(tmp_path, ckpt, data) -> Path:
@@ -202,4 +205,6 @@ def test_sft_interrupted_then_rerun_resumes_exactly(tmp_path, tiny_ckpt, train_f
         )
         == 2
     )
-    assert "--mask_ratio does not apply when --tau is given" in capsys.readouterr().err
+    assert (
+        "give --tau (a fixed threshold) or --mask_ratio (tau calibrated), not both" in capsys.readouterr().err
+    )

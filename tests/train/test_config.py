@@ -40,7 +40,8 @@ def test_every_registry_option_is_one_field_with_its_default_and_help():
         ({"objective": "sed_nomask", "tau": 0.5}, r"--tau does not apply to objective 'sed_nomask'"),
         ({"objective": "gem", "gem_beta": 0.0}, r"--gem_beta: beta must be a finite number > 0"),
         ({"top_k": 0}, r"--top_k: top_k must be an integer >= 1"),
-        ({"tau": math.nan}, r"tau must be a finite number >= 0"),
+        ({"tau": math.nan}, r"tau must be a finite number"),
+        ({"tau": -0.1}, r"tau must be a finite number >= 0"),
         ({"tau": 0.5, "mask_ratio": 0.7}, r"give --tau .* or --mask_ratio .* not both"),
         ({"tau": 0.5, "calibration_preset": "authors"}, r"--calibration_preset .* not both"),
         ({"mask_ratio": 1.5}, r"mask_ratio must be a finite number in \[0, 1\]"),
@@ -57,7 +58,13 @@ def test_calibration_rule_from_preset_and_fields():
     assert config().calibration_spec(top_k=2, seed=42) == CalibrationSpec(top_k=2, mask_ratio=0.7)
     c = config(calibration_preset="authors", top_k=3, seed=5)
     spec = c.calibration_spec(top_k=c.top_k, seed=c.seed)
-    assert (spec.top_k, spec.examples, spec.positions, spec.statistic, spec.seed) == (10, 100, "all", "order", 5)
+    assert (spec.top_k, spec.examples, spec.positions, spec.statistic, spec.seed) == (
+        10,
+        100,
+        "all",
+        "order",
+        5,
+    )
     assert c.objective_options(tau=0.9) == {"tau": 0.9, "top_k": 3, "lam": 1.0}  # the mask keeps k = 3
     c = config(calibration_preset="authors", calibration_top_k=3, calibration_examples=20)
     assert c.calibration_spec(top_k=2, seed=0).top_k == 3
@@ -65,10 +72,8 @@ def test_calibration_rule_from_preset_and_fields():
 
 
 def test_the_command_line_takes_the_preset():
-    from sedsft.train.cli import _parser
+    from sedsft.train.cli import build_parser
 
-    parsed = _parser().parse_args_and_config(
-        ["--output_dir", "x", "--use_cpu", "--calibration_preset", "authors", "--calibration_top_k", "4"]
-    )
-    args = parsed[0]
+    argv = ["--output_dir", "x", "--use_cpu", "--calibration_preset", "authors", "--calibration_top_k", "4"]
+    args = build_parser().parse(argv)[0]
     assert args.calibration_preset == "authors" and args.calibration_spec(top_k=2, seed=1).top_k == 4
