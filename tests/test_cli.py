@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
+
+from .real_cli import run_sedsft
 
 FAKE = """
 import sys
@@ -24,27 +22,13 @@ def main(argv):
 """
 
 
-def run_sedsft(tmp_path, *argv):
+def run_fake(tmp_path, *argv):
     (tmp_path / "fake_command.py").write_text(FAKE)
     script = (
-        "import sys; from sedsft import cli; cli.COMMANDS['fake'] = ('fake_command', 'a test command'); "
-        "sys.exit(cli.main())"
+        "import sys; sys.path.insert(0, '.'); from sedsft import cli; "
+        "cli.COMMANDS['fake'] = ('fake_command', 'a test command'); sys.exit(cli.main())"
     )
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
-    env.pop("SEDSFT_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-c", script, *argv],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=60,
-    )
+    return run_sedsft(*argv, cwd=tmp_path, script=script, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -60,13 +44,13 @@ def run_sedsft(tmp_path, *argv):
     ],
 )
 def test_one_line_outcomes(tmp_path, argv, code, stderr):
-    proc = run_sedsft(tmp_path, *argv)
+    proc = run_fake(tmp_path, *argv)
     assert proc.returncode == code
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(stderr), proc.stderr
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):
-    proc = run_sedsft(tmp_path, "fake", "bug")
+    proc = run_fake(tmp_path, "fake", "bug")
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and 'KeyError: "a bug, not the user\'s fault"' in proc.stderr

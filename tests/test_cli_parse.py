@@ -63,7 +63,7 @@ BAD_ARGV = [
     (["--progress", "--no_progress"], "--progress and --no_progress both set progress"),
     (["--tau", "0.5", "--mask_ratio", "0.7"], "give --tau or --mask_ratio, not both"),
     (["--mode", "c"], "invalid choice: 'c'"),
-    (["--no_system_prompt"], "--no_system_prompt is now spelled --system_prompt none"),
+    (["--no_system_prompt"], "--no_system_prompt is not an option any more: use --system_prompt none"),
     (["stray"], "unexpected argument 'stray'"),
     (["--dtype", "int8"], "invalid choice: 'int8'"),
     (["--device", "cuda:7"], "--device cuda:7"),

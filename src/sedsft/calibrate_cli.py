@@ -65,10 +65,10 @@ def main(argv: list[str]) -> int:
     spec = options.calibration_spec(top_k=a.top_k, seed=a.seed)  # checked before anything is loaded
     from sedsft.calibrate import calibrate_records
     from sedsft.data import load_records
-    from sedsft.models import check_local_model, load_local_model
+    from sedsft.models import load_local_model
 
     records = load_records(a.data)
-    path = check_local_model(m.model)  # before the data is tokenized: a wrong path fails at once
+    path = m.checked()  # before the data is tokenized: a wrong path fails at once
     model, tok = load_local_model(
         path,
         tokenizer_path=m.tokenizer,

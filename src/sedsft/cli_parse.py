@@ -149,7 +149,7 @@ class CommandParser(TrlParser):
             option = token.split("=", 1)[0]
             if option in self.renamed:
                 raise UserError(
-                    f"{option} is now spelled {self.renamed[option]}; see sedsft {self.command} --help"
+                    f"{option} is not an option any more: use {self.renamed[option]}; see sedsft {self.command} --help"
                 )
             action = self._option_string_actions.get(option)
             if action is None or action.dest in ("help", "config"):
@@ -372,6 +372,14 @@ class ModelOptions:
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
         self.device = check_device(self.device)
+
+    def checked(self) -> str:
+        """``model`` once it is a local checkpoint folder with a tokenizer (here or in ``tokenizer``)."""
+        from sedsft.models import check_local_model, check_tokenizer_folder
+
+        path = check_local_model(self.model)
+        check_tokenizer_folder(self.tokenizer or path, flag="--tokenizer" if self.tokenizer else "--model")
+        return path
 
 
 @dataclass

@@ -84,36 +84,49 @@ def _load_file(f: Path) -> list[dict]:
     return records
 
 
+def _read_text(f: Path) -> str:
+    """The file as text (UTF-8, a byte-order mark allowed); a byte that is not UTF-8 is named by line."""
+    raw = f.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        raise UserError(
+            f"{f}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
+
+
 def _load_jsonl(f: Path) -> list[dict]:
     out = []
-    with open(f, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{f.name}:{i}: broken JSON line ({e.msg} at column {e.colno}); fix or remove it"
-                ) from None
-            out.append(_as_record(obj, f"{f.name}:{i}"))
+    for i, line in enumerate(_read_text(f).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{f}:{i}: broken JSON line ({e.msg} at column {e.colno}); fix or remove it"
+            ) from None
+        out.append(_as_record(obj, f"{f.name}:{i}", where=f"{f}:{i}"))
     return out
 
 
 def _load_json(f: Path) -> list[dict]:
     try:
-        obj = json.loads(f.read_text(encoding="utf-8"))
+        obj = json.loads(_read_text(f))
     except json.JSONDecodeError as e:
         raise UserError(
-            f"{f.name}:{e.lineno}: invalid JSON ({e.msg}); a .json file must hold a list of objects"
+            f"{f}:{e.lineno}: invalid JSON ({e.msg}); a .json file must hold a list of objects"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):
         raise UserError(
-            f'{f.name}: expected a list of objects or {{"data": [...]}}, got a JSON {type(obj).__name__}'
+            f'{f}: expected a list of objects or {{"data": [...]}}, got a JSON {type(obj).__name__}'
         )
-    return [_as_record(r, f"{f.name}:{i}") for i, r in enumerate(obj, start=1)]
+    return [_as_record(r, f"{f.name}:{i}", where=f"{f} item {i}") for i, r in enumerate(obj, start=1)]
 
 
 def _load_parquet(f: Path) -> list[dict]:
@@ -122,15 +135,16 @@ def _load_parquet(f: Path) -> list[dict]:
     try:
         rows = pq.read_table(f).to_pylist()
     except Exception as e:  # pyarrow raises several types for corrupt files
-        raise UserError(
-            f"{f.name}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from None
-    return [_as_record(r, f"{f.name}:{i}") for i, r in enumerate(rows, start=1)]
+        raise UserError(f"{f}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return [_as_record(r, f"{f.name}:{i}", where=f"{f} row {i}") for i, r in enumerate(rows, start=1)]
 
 
-def _as_record(obj: Any, source: str) -> dict:
+def _as_record(obj: Any, source: str, *, where: str) -> dict:
     if not isinstance(obj, dict):
-        raise UserError(f"{source}: expected a JSON object per record, got {type(obj).__name__}")
+        raise UserError(
+            f"{where}: expected a JSON object per record, got a JSON {type(obj).__name__}; "
+            'write one {"field": value, ...} object per record'
+        )
     return {**obj, "_source": source}
 
 

@@ -110,7 +110,7 @@ def test_filter_into_a_foreign_folder_is_refused(tiny_checkpoint, qa_file, tmp_p
         (["--limit", "0"], "limit must be an integer >= 1"),
         (
             ["--system_prompt", "x", "--no_system_prompt"],
-            "--no_system_prompt is now spelled --system_prompt none",
+            "--no_system_prompt is not an option any more: use --system_prompt none",
         ),
         (["--device", "cuda:7"], "--device cuda:7"),
     ],

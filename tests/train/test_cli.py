@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,8 @@ import torch
 
 from sedsft.cli import main as sedsft_main
 from sedsft.losses import OBJECTIVES
+
+from ..real_cli import one_error_line, run_sedsft
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,27 +88,22 @@ def test_bad_inputs_give_one_line(tmp_path, tiny_ckpt, capsys, case):
 def test_broken_jsonl_in_a_real_process(tmp_path, tiny_ckpt):
     data = tmp_path / "train.jsonl"
     data.write_text('{"question": "q", "response": "r"}\nnot json\n')
-    cmd = [
-        sys.executable,
-        "-m",
-        "sedsft.cli",
+    argv = [
         "sft",
-        "--model_name_or_path",
+        "--model",
         str(tiny_ckpt),
-        "--dataset_path",
+        "--data",
         str(data),
         "--output_dir",
         str(tmp_path / "out"),
         "--use_cpu",
     ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""}
+    line = one_error_line(run_sedsft(*argv), "sft")
+    assert (
+        line
+        == f"sedsft sft: error: {data}:2: broken JSON line (Expecting value at column 1); fix or remove it"
     )
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "sedsft sft: error: train.jsonl:2: broken JSON line (Expecting value at column 1); fix or remove it"
-    ]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

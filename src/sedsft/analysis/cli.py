@@ -220,10 +220,9 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
 
 
 def _open_run(tool: str, args, model_options: ModelOptions, run_options: RunOptions) -> None:
-    from sedsft.models import check_local_model
     from sedsft.runs import RunSpec, open_run, settings_of
 
-    check_local_model(model_options.model)
+    model_options.checked()  # before the run folder is opened
     spec = RunSpec(
         f"analyze {tool}",
         settings=settings_of(args, model_options),

@@ -123,10 +123,9 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.protocol import resolve_sampling
     from sedsft.eval.runner import evaluate, run_spec
-    from sedsft.models import check_local_model
     from sedsft.runs import RunSpec, open_run, settings_of
 
-    path = Path(check_local_model(model.model))  # before any output is written
+    path = Path(model.checked())  # before any output is written
     if not args.output_dir:
         raise UserError("--output_dir is required with --model (samples are saved there as they are made)")
     names = parse_names(args.benchmarks)

@@ -26,7 +26,10 @@ from sedsft.errors import UserError
 def build_parser() -> CommandParser:
     from sedsft.rl.config import GRPOScriptArguments, SEDGRPOConfig
 
-    return CommandParser("grpo", (GRPOScriptArguments, SEDGRPOConfig, TrainModelOptions, RunOptions))
+    renamed = {"--resume": "a plain rerun (it resumes), or --overwrite (it starts over)"}
+    return CommandParser(
+        "grpo", (GRPOScriptArguments, SEDGRPOConfig, TrainModelOptions, RunOptions), renamed=renamed
+    )
 
 
 def model_init_kwargs(config, model_args) -> dict:

@@ -107,7 +107,6 @@ def main(argv: list[str]) -> int:
     from sedsft.data import load_records
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.grader_pool import GraderPool
-    from sedsft.models import check_local_model
     from sedsft.rl.filter import filter_prompts
     from sedsft.rl.prompts import rl_prompts_from_records
     from sedsft.rl.verl import to_verl_rows, write_verl_parquet
@@ -116,7 +115,7 @@ def main(argv: list[str]) -> int:
     data_path, out_dir = Path(args.data), Path(args.output_dir)
     records = load_records(data_path)[: args.limit]
     prompts = rl_prompts_from_records(records, system_prompt=args.system_prompt, source=str(data_path))
-    check_local_model(model.model)
+    model.checked()  # before the run folder is opened
     spec = RunSpec(
         "filter",
         settings=settings_of(args, config, model, backend_options, grading),

@@ -1,0 +1,174 @@
+"""Every command refuses bad input in one line (exit 2) before loading a model or writing anything.
+
+A table of cheap failing invocations, one or more per class of problem (meaningless values, conflicting
+or unknown options, an unavailable device, broken YAML, broken or non-UTF-8 data, a model folder
+without a tokenizer, a folder holding something else), run in this process; a few run in a real
+process too (exit status, exactly one stderr line, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sedsft.cli import main
+
+from .real_cli import one_error_line, run_sedsft
+
+NO_CUDA_7 = torch.cuda.device_count() <= 7
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Input files: a good data file, broken ones, a model folder without a tokenizer, a foreign folder."""
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "data.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2", "response": "2"}) + "\n")
+    (d / "latin1.jsonl").write_bytes(b'{"question": "q", "response": "r"}\n{"question": "caf\xe9"}\n')
+    (d / "array.jsonl").write_text('{"question": "q", "answer": "1"}\n[1, 2]\n')
+    (d / "broken.yaml").write_text("n: 2\ntemperature: [1\n")
+    (d / "unknown.yaml").write_text("n: 2\ntemperatur: 1\n")
+    model = d / "no_tokenizer"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    foreign = d / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("precious")
+    return d
+
+
+def _cases():
+    m, data, out = "{d}/no_tokenizer", "{d}/data.jsonl", "{d}/out"
+    filt = ["filter", "--model", m, "--data", data, "--output_dir", out]
+    ev = ["eval", "--model", m, "--output_dir", out]
+    topk = ["analyze", "topk", "--model", m, "--data", data, "--output_dir", out]
+    heat = ["analyze", "heatmap", "--model", m, "--data", data, "--index", "0", "--output_dir", out]
+    sft = ["sft", "--model", m, "--data", data, "--output_dir", out, "--use_cpu"]
+    grpo = ["grpo", "--model", m, "--data", data, "--output_dir", out, "--use_cpu", "--use_vllm", "false"]
+    return {
+        # meaningless values, refused where the config is built
+        "filter temperature nan": (
+            [*filt, "--temperature", "nan"],
+            "temperature must be a finite number >= 0, got nan",
+        ),
+        "filter n 0": ([*filt, "--n", "0"], "n must be an integer >= 1, got 0"),
+        "eval grading_timeout nan": (
+            [*ev, "--grading_timeout", "nan"],
+            "grading_timeout must be a finite number > 0",
+        ),
+        "eval top_p 2": ([*ev, "--top_p", "2"], "top_p must be a finite number in (0, 1], got 2.0"),
+        "grpo num_generations 0": (
+            [*grpo, "--num_generations", "0"],
+            "num_generations must be an integer >= 2",
+        ),
+        "grpo reward_timeout_s nan": (
+            [*grpo, "--reward_timeout_s", "nan"],
+            "reward_timeout_s must be a finite number > 0",
+        ),
+        "grpo negative epsilon": ([*grpo, "--epsilon", "-0.1"], "epsilon must be a finite number >= 0"),
+        "sft learning_rate nan": (
+            [*sft, "--learning_rate", "nan"],
+            "learning_rate must be a finite number, got nan",
+        ),
+        "heatmap tau nan": ([*heat, "--tau", "nan"], "tau must be a finite number >= 0"),
+        "heatmap tau negative": ([*heat, "--tau", "-0.5"], "tau must be a finite number >= 0"),
+        "topk mask_ratios": (
+            [*topk, "--mask_ratios", "0.5,1.5"],
+            "mask_ratios must be a finite number in [0, 1]",
+        ),
+        "calibrate mask_ratio": (
+            ["calibrate", "--model", m, "--data", data, "--mask_ratio", "1.5"],
+            "mask_ratio",
+        ),
+        "demo seeds 0": (["demo", "--seeds", "0"], "seeds must be an integer >= 1, got 0"),
+        # conflicting options
+        "heatmap tau and mask_ratio": ([*heat, "--tau", "0.5", "--mask_ratio", "0.7"], "not both"),
+        "sft tau and mask_ratio": (
+            [*sft, "--tau", "0.5", "--mask_ratio", "0.5"],
+            "does not apply when --tau is given",
+        ),
+        "export val_data and val_fraction": (
+            ["export-verl", "--data", data, "--output_dir", out, "--val_data", data, "--val_fraction", "0.1"],
+            "give --val_data or --val_fraction, not both",
+        ),
+        "sweep grid twice": (
+            ["sweep", "--pipeline", "x:y", "--output_dir", out, "--grid", "r=0.5", "k=2", "--top_ks", "2"],
+            "give the grid once",
+        ),
+        "eval model and responses": ([*ev, "--responses", data], "one of them"),
+        "system prompt twice": (
+            [*filt, "--system_prompt", "x", "--no_system_prompt"],
+            "use --system_prompt none",
+        ),
+        "progress twice": (["demo", "--progress", "--no_progress"], "--progress and --no_progress both set"),
+        "option twice": ([*filt, "--n", "2", "--n", "3"], "--n is given twice"),
+        # unknown options and old spellings
+        "unknown option": ([*filt, "--num_generations", "4"], "unknown option --num_generations"),
+        "grpo resume never": ([*grpo, "--resume", "never"], "--resume is not an option any more"),
+        "calibrate old flag": (
+            ["calibrate", "--model", m, "--data", data, "--num_examples", "8"],
+            "use --calibration_examples",
+        ),
+        "analyze no tool": (["analyze", "--model", m], "choose a tool"),
+        # an unavailable device
+        "eval cuda:7": ([*ev, "--device", "cuda:7"], "--device cuda:7"),
+        "topk no such device": ([*topk, "--device", "gpu0"], "--device 'gpu0' is not a device"),
+        "selfcheck cuda:7": (["selfcheck", "--device", "cuda:7"], "--device cuda:7"),
+        # YAML
+        "broken yaml": ([*filt, "--config", "{d}/broken.yaml"], "broken.yaml:2: broken YAML"),
+        "unknown yaml key": (
+            [*filt, "--config", "{d}/unknown.yaml"],
+            "unknown.yaml:2: unknown option 'temperatur'",
+        ),
+        "missing yaml": ([*sft, "--config", "{d}/nope.yaml"], "--config {d}/nope.yaml: no such file"),
+        # data files
+        "non-UTF-8 data": (
+            [*filt[:3], "--data", "{d}/latin1.jsonl", *filt[5:]],
+            "latin1.jsonl:2: not UTF-8 text (byte 0xe9 at column 18)",
+        ),
+        "array line": (
+            [*filt[:3], "--data", "{d}/array.jsonl", *filt[5:]],
+            "array.jsonl:2: expected a JSON object per record, got a JSON list",
+        ),
+        "sft non-UTF-8": (
+            [*sft[:3], "--data", "{d}/latin1.jsonl", *sft[5:]],
+            "latin1.jsonl:2: not UTF-8 text",
+        ),
+        # model folders
+        "no tokenizer (filter)": (filt, "no_tokenizer has no tokenizer"),
+        "no tokenizer (calibrate)": (["calibrate", "--model", m, "--data", data], "has no tokenizer"),
+        "no tokenizer (sft)": (sft, "has no tokenizer"),
+        "no tokenizer (grpo)": (grpo, "has no tokenizer"),
+        # output folders
+        "foreign folder": (
+            ["export-verl", "--data", data, "--output_dir", "{d}/thesis"],
+            "thesis is not empty (chapter1.tex, ...) and holds no sedsft run",
+        ),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line(files, capsys, case):
+    argv, message = CASES[case]
+    if "cuda:7" in argv and not NO_CUDA_7:
+        pytest.skip("this machine has a cuda:7")
+    argv = [a.format(d=files) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    command = argv[0]
+    assert len(err) == 1 and err[0].startswith(f"sedsft {command}: error: "), err
+    assert message.format(d=files) in err[0], err[0]
+    assert not (files / "out").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("case", ["eval cuda:7", "broken yaml", "no tokenizer (filter)", "non-UTF-8 data"])
+def test_bad_input_in_a_real_process(files, case):
+    argv, message = CASES[case]
+    if "cuda:7" in argv and not NO_CUDA_7:
+        pytest.skip("this machine has a cuda:7")
+    line = one_error_line(run_sedsft(*[a.format(d=files) for a in argv]), argv[0])
+    assert message.format(d=files) in line
