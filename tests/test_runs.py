@@ -131,3 +131,17 @@ def test_other_processes_only_check(tmp_path, inputs):
     run = open_run(out, spec(*inputs), main_process=False)
     run.mark_finished()  # writes nothing from a non-main process
     assert not json.loads((out / MANIFEST).read_text())["state"]["finished"]
+
+
+def test_last_checkpoint_skips_a_torn_one(tmp_path):
+    from sedsft.runs import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "nope") is None and last_checkpoint(tmp_path) is None
+    for step, complete in ((2, True), (10, True), (12, False)):  # killed while writing checkpoint-12
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"w")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")

@@ -136,24 +136,13 @@ def test_another_model_into_a_finished_folder_is_refused(tiny_checkpoint, data_d
 def test_eval_resumed_after_a_torn_batch_equals_an_uninterrupted_run(
     tiny_checkpoint, data_dir, tmp_path, monkeypatch
 ):
-    from sedsft.io import JsonlLog
+    from ..interrupts import kill_mid_write
 
     whole, torn = tmp_path / "whole", tmp_path / "torn"
     assert main(_eval_argv(tiny_checkpoint, data_dir, whole)) == 0
-    real_extend, calls = JsonlLog.extend, []
-
-    def killed_mid_write(self, records):  # the 3rd batch: one sample line, half of the next, then the kill
-        calls.append(1)
-        if len(calls) < 3:
-            return real_extend(self, records)
-        lines = [json.dumps(r) + "\n" for r in records]
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines[0] + lines[1][:10])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(JsonlLog, "extend", killed_mid_write)
+    kill_mid_write(monkeypatch, at_write=3)  # the 3rd batch: one sample line, half of the next, then the kill
     assert main(_eval_argv(tiny_checkpoint, data_dir, torn)) == 130
-    monkeypatch.setattr(JsonlLog, "extend", real_extend)
+    monkeypatch.undo()
     assert main(_eval_argv(tiny_checkpoint, data_dir, torn)) == 0
 
     def samples(folder):

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sedsft.cli import main as sedsft_main
-from sedsft.io import JsonlLog
+
+from ..interrupts import kill_mid_write
 
 
 def _filter_argv(ckpt, data, out, *extra):
@@ -46,20 +47,9 @@ def test_filter_resumed_after_a_torn_batch_equals_an_uninterrupted_run(
     whole, torn = tmp_path / "whole", tmp_path / "torn"
     assert sedsft_main(_filter_argv(tiny_checkpoint, data, whole, *extra)) == 0
 
-    real_extend, calls = JsonlLog.extend, []
-
-    def killed_mid_write(self, records):  # the 2nd batch: one whole line, half of the next, then the kill
-        calls.append(1)
-        if len(calls) < 2:
-            return real_extend(self, records)
-        lines = [json.dumps(r) + "\n" for r in records]
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines[0] + lines[1][: len(lines[1]) // 2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(JsonlLog, "extend", killed_mid_write)
+    kill_mid_write(monkeypatch, at_write=2)  # the 2nd batch: one whole line, half of the next, then the kill
     assert sedsft_main(_filter_argv(tiny_checkpoint, data, torn, *extra)) == 130
-    monkeypatch.setattr(JsonlLog, "extend", real_extend)
+    monkeypatch.undo()
     assert len((torn / "solve_rates.jsonl").read_text().splitlines()) == 5  # 3 + 1 + a torn half line
     assert sedsft_main(_filter_argv(tiny_checkpoint, data, torn, *extra)) == 0
 
