@@ -84,8 +84,10 @@ def _load_file(f: Path) -> list[dict]:
     return records
 
 
-def _read_text(f: Path) -> str:
-    """The file as text (UTF-8, a byte-order mark allowed); a byte that is not UTF-8 is named by line."""
+def read_text(f: str | Path) -> str:
+    """A user's file as text (UTF-8, a byte-order mark allowed); a byte that is not UTF-8 is a UserError
+    naming the file, line and column. For every data file a command reads."""
+    f = Path(f)
     raw = f.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -100,7 +102,7 @@ def _read_text(f: Path) -> str:
 
 def _load_jsonl(f: Path) -> list[dict]:
     out = []
-    for i, line in enumerate(_read_text(f).split("\n"), start=1):
+    for i, line in enumerate(read_text(f).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -115,7 +117,7 @@ def _load_jsonl(f: Path) -> list[dict]:
 
 def _load_json(f: Path) -> list[dict]:
     try:
-        obj = json.loads(_read_text(f))
+        obj = json.loads(read_text(f))
     except json.JSONDecodeError as e:
         raise UserError(
             f"{f}:{e.lineno}: invalid JSON ({e.msg}); a .json file must hold a list of objects"
