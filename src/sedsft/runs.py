@@ -59,10 +59,10 @@ TRAINING_BOOKKEEPING = frozenset(
         "skip_memory_metrics", "push_to_hub", "save_strategy", "save_steps", "save_total_limit",
         "save_only_model", "save_on_each_node", "enable_jit_checkpoint", "dataloader_num_workers",
         "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-        "ddp_timeout",
+        "ddp_timeout", "vllm_group_port", "num_completions_to_print",
     }
 )  # fmt: skip
-_BOOKKEEPING_PREFIXES = ("logging_", "hub_", "trackio_")
+_BOOKKEEPING_PREFIXES = ("logging_", "log_", "hub_", "trackio_", "vllm_server_")
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,10 @@ def main(argv: list[str]) -> int:
     )
     run = open_training_run(config, spec, overwrite=run_options.overwrite)
     if run.finished:
-        print(
-            f"sedsft grpo: {config.output_dir} holds this finished run; nothing to do (--overwrite trains again)"
-        )
+        if run.main_process:
+            print(
+                f"sedsft grpo: {config.output_dir} holds this finished run; nothing to do (--overwrite trains again)"
+            )
         return 0
 
     with contextlib.ExitStack() as stack:

@@ -81,9 +81,10 @@ def main(argv: list[str]) -> int:
     )
     run = open_training_run(args, spec, overwrite=run_options.overwrite)
     if run.finished:
-        print(
-            f"sedsft sft: {args.output_dir} holds this finished run; nothing to do (--overwrite trains again)"
-        )
+        if run.main_process:
+            print(
+                f"sedsft sft: {args.output_dir} holds this finished run; nothing to do (--overwrite trains again)"
+            )
         return 0
     if resume is True or (resume is None and run.resumed):
         asked, resume = resume is True, last_checkpoint(args.output_dir)
