@@ -86,7 +86,7 @@ def _cases():
         "heatmap tau and mask_ratio": ([*heat, "--tau", "0.5", "--mask_ratio", "0.7"], "not both"),
         "sft tau and mask_ratio": (
             [*sft, "--tau", "0.5", "--mask_ratio", "0.5"],
-            "does not apply when --tau is given",
+            "give --tau (a fixed threshold) or --mask_ratio (tau calibrated), not both",
         ),
         "export val_data and val_fraction": (
             ["export-verl", "--data", data, "--output_dir", out, "--val_data", data, "--val_fraction", "0.1"],
