@@ -146,7 +146,7 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
         problems, sampling, system_prompt=args.system_prompt, batch_size=args.batch_size, run=caller
     )
     run = open_run(out, spec, overwrite=run_options.overwrite)  # before the (slow) model load
-    if run.finished:
+    if run.finished and (out / "results.md").is_file():  # else its tables are rebuilt from samples.jsonl
         print(f"{out}: this run had finished; its results (--overwrite redoes it):\n")
         print((out / "results.md").read_text(encoding="utf-8"))
         return 0

@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
         inputs={"model": model.model, "tokenizer": model.tokenizer, "data": data_path},
     )
     run = open_run(out_dir, spec, overwrite=run_options.overwrite)
-    if run.finished:
+    if run.finished and (out_dir / "summary.json").is_file():  # else rebuilt from solve_rates.jsonl
         _report(read_json(out_dir / "summary.json"), again=True)
         return 0
 
