@@ -333,17 +333,32 @@ def build_sft_dataset(
 
 
 class SFTCollator:
-    """Pads a list of tokenized rows to the longest in the batch: right padding, labels -100, attention 0."""
+    """The one collator: tokenized rows -> a batch, right-padded or padding-free.
 
-    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None):
+    Padded (default): ``input_ids`` / ``attention_mask`` / ``labels`` as ``[B, T]``, padded to the longest
+    row (labels -100, attention 0 on padding).
+
+    ``padding_free=True``: every document of the batch is laid end to end in one row, ``[1, N]``, with
+    ``position_ids`` restarting at 0 at each document and no ``attention_mask``, so Transformers' attention
+    keeps documents apart (a block-diagonal causal mask for eager/sdpa/flex; varlen kernels for flash).
+    A row may already be a pack of documents (a ``seq_lengths`` column, as TRL's ``pack_dataset`` writes).
+    The label of each document's first token is -100: it is never predicted from the previous document.
+    The batch also carries TRL's varlen metadata (``cu_seq_lens_q/k``, ``max_length_q/k``) for flash kernels.
+    """
+
+    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None, padding_free: bool = False):
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_free = padding_free
+
+    def _width(self, length: int) -> int:
+        m = self.pad_to_multiple_of
+        return (length + m - 1) // m * m if m else length
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(r["input_ids"]) for r in rows)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            length = (length + m - 1) // m * m
+        if self.padding_free:
+            return self._flat(rows)
+        length = self._width(max(len(r["input_ids"]) for r in rows))
         batch = {
             "input_ids": torch.full((len(rows), length), self.pad_token_id, dtype=torch.long),  # [B, T]
             "attention_mask": torch.zeros((len(rows), length), dtype=torch.long),
@@ -355,3 +370,30 @@ class SFTCollator:
             batch["attention_mask"][i, :n] = 1
             batch["labels"][i, :n] = torch.as_tensor(r["labels"])
         return batch
+
+    def _flat(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        ids = torch.cat([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])  # [N]
+        labels = torch.cat([torch.as_tensor(r["labels"], dtype=torch.long) for r in rows])  # [N]
+        lengths = [n for r in rows for n in r.get("seq_lengths") or [len(r["input_ids"])]]
+        if sum(lengths) != ids.numel():
+            raise ValueError(f"seq_lengths add up to {sum(lengths)}, but the rows hold {ids.numel()} tokens")
+        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)  # [D] first token of each document
+        position_ids = torch.arange(ids.numel()) - torch.repeat_interleave(starts, torch.tensor(lengths))  # [N]
+        labels[starts] = IGNORE_INDEX  # no label crosses a document boundary
+        width = self._width(ids.numel())
+        pad = width - ids.numel()
+        if pad:  # padding is one more "document" of its own, never a label
+            ids = torch.cat([ids, ids.new_full((pad,), self.pad_token_id)])
+            labels = torch.cat([labels, labels.new_full((pad,), IGNORE_INDEX)])
+            position_ids = torch.cat([position_ids, torch.arange(pad)])
+            lengths = [*lengths, pad]
+        cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)  # [D + 1]
+        return {
+            "input_ids": ids[None],  # [1, N]
+            "labels": labels[None],
+            "position_ids": position_ids[None],
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": max(lengths),
+            "max_length_k": max(lengths),
+        }

@@ -1,10 +1,11 @@
 """Run a Transformers causal LM's backbone and hand its last hidden states and LM head to ``fused_linear``.
 
-No ``forward`` is patched: the model (possibly wrapped by DDP or DeepSpeed) runs its own forward with
-``logits_to_keep=1``, so it projects a single position, and returns the final hidden states; the loss
-then owns the full LM-head projection. Heads this engine cannot reproduce (logit soft-capping, logit
-scaling, non-linear heads) are rejected with a message, as are weights sharded outside ``forward``
-(ZeRO-3, FSDP), for which the logits path must be used.
+No ``forward`` is patched: the model (possibly wrapped by DDP, DeepSpeed or FSDP) runs its own forward
+with ``logits_to_keep=1``, so it projects a single position, and returns the final hidden states; the
+loss then owns the full LM-head projection. A head weight sharded outside ``forward`` (ZeRO-3, FSDP2) is
+gathered for the loss only and its gradient goes back to the shards (:mod:`.sharded`). Heads this engine
+cannot reproduce (logit soft-capping, logit scaling, non-linear heads, a LoRA adapter on the head) are
+rejected with a message, for which the logits path must be used.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .sharded import flat_shard_message, full_parameter, full_shape
 
 
 @dataclass
@@ -52,37 +55,45 @@ def check_fusable(model: nn.Module) -> nn.Linear:
         raise ValueError(
             f"{type(inner).__name__} scales its logits (logit_scale={cfg.logit_scale}); use loss_impl='logits'"
         )
+    head = _output_head(inner)
+    w = getattr(head, "weight", None)  # FSDP1 without use_orig_params shows it only inside forward
+    if w is not None and (len(full_shape(w)) != 2 or 0 in full_shape(w)):
+        raise ValueError(flat_shard_message(full_shape(w)))
+    return head
+
+
+def _output_head(inner: nn.Module) -> nn.Linear:
+    """The module that projects hidden states to logits: a plain ``nn.Linear`` (PEFT's trainable copy of it
+    under ``modules_to_save``); a LoRA adapter or a custom head is refused."""
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    head = getattr(head, "base_layer", head)  # a PEFT-wrapped head: LoRA on lm_head is not fused
-    if not isinstance(head, nn.Linear) or head is not _plain_linear(inner.get_output_embeddings()):
+    if hasattr(head, "modules_to_save") and hasattr(head, "active_adapters"):  # PEFT ModulesToSaveWrapper
+        active = [a for a in head.active_adapters if a in head.modules_to_save]
+        head = head.modules_to_save[active[0]] if active and not head.disable_adapters else head.original_module
+    if hasattr(head, "base_layer"):
         raise ValueError(
-            "the model's output head is not a plain nn.Linear (adapter or custom head); use loss_impl='logits'"
+            "the LM head carries a LoRA adapter, which the fused head does not reproduce; use loss_impl='logits'"
         )
-    w = head.weight
-    if (
-        w.dim() != 2
-        or w.numel() == 0
-        or hasattr(w, "ds_id")
-        or type(w).__name__ in ("DTensor", "FlatParameter")
-    ):
+    if not isinstance(head, nn.Linear):
         raise ValueError(
-            "the LM-head weight is sharded outside forward (DeepSpeed ZeRO-3 or FSDP); use loss_impl='logits' "
-            "with those, or ZeRO-1/2 / DDP with the fused head"
+            f"the model's output head is {type(head).__name__}, not a plain nn.Linear; use loss_impl='logits'"
         )
     return head
 
 
-def _plain_linear(module):
-    return module if isinstance(module, nn.Linear) else None
-
-
 def hidden_and_head(model: nn.Module, **batch) -> HeadInputs:
-    """Forward the model for its final hidden states (projecting one position only) and return its head."""
-    head = check_fusable(model)
+    """Forward the model for its final hidden states (projecting one position only) and return its head.
+
+    The weight and bias are whole plain tensors (gathered from their shards under ZeRO-3 / FSDP2) whose
+    gradients reach the model's parameters; a frozen head comes back not requiring grad.
+    """
+    check_fusable(model)
     batch = {k: v for k, v in batch.items() if k not in ("labels", "num_items_in_batch")}
     out = model(**batch, output_hidden_states=True, logits_to_keep=1, use_cache=False)
     hidden = out.hidden_states[-1]  # [B, T, d], after the final norm
-    return HeadInputs(hidden=hidden, weight=head.weight, bias=head.bias)
+    head = check_fusable(model)  # looked up again: FSDP swaps the parameter objects around forward
+    return HeadInputs(
+        hidden=hidden, weight=full_parameter(head.weight, dim=2), bias=full_parameter(head.bias, dim=1)
+    )
 
 
 def fused_forward_loss(model: nn.Module, batch: dict, *, objective: str, **kwargs):

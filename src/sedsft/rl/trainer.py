@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from sedsft.errors import UserError
 from sedsft.io import JsonlLog, atomic_write_text
@@ -63,8 +64,34 @@ def group_stats(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_siz
         }
 
 
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose shuffle is a function of (seed, epoch) only.
+
+    TRL's sampler draws each epoch's permutation from one generator that advances at every ``iter``; a
+    run resumed in epoch e starts a fresh generator, so it would replay epoch 0's order instead of
+    epoch e's. Trainer calls ``set_epoch`` before every epoch (resumed or not), so here the order depends
+    on the epoch number alone and a resumed run sees the prompts the uninterrupted run saw.
+    """
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + self.epoch)
+        return super().__iter__()
+
+
 class SEDGRPOTrainer(GRPOTrainer):
     """GRPOTrainer that also logs the group statistics of :func:`group_stats` (module doc)."""
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is RepeatSampler:
+            sampler.__class__ = EpochSeededRepeatSampler
+        return sampler
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

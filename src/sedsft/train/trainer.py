@@ -14,19 +14,25 @@ What it changes in ``SFTTrainer``, and nothing else:
   calibrate`` runs: every rank scores whole batches of one sample, the values are gathered, every rank
   gets the same tau), then saved to ``sedsft_calibration.json`` in ``output_dir`` and in every checkpoint.
 
-Data is tokenized by :mod:`sedsft.data` (completion-only labels) and padded by :class:`SFTCollator`; TRL's
-own dataset preparation is skipped.
+Data is tokenized by :mod:`sedsft.data` (completion-only labels) and collated by :class:`SFTCollator`; TRL's
+own dataset preparation is skipped. TRL's ``packing`` (documents packed with ``pack_dataset``, best fit)
+and ``padding_free`` give padding-free batches: one row per batch, ``position_ids`` restarting at each
+document, no label across a document boundary, and an attention implementation that keeps documents apart.
+
+The head may be sharded (ZeRO-3, FSDP2): ``fused_forward_loss`` gathers it for the loss only. A frozen head
+(PEFT) gets no weight gradient; a LoRA adapter on the head falls back to the logits path with a notice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 import torch
 from transformers import AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTTrainer
+from trl import SFTTrainer, pack_dataset
 
 from sedsft.calibrate import CALIBRATION_FILE, Calibration, LazyTokenized, calibrate
 from sedsft.data import SFTCollator, build_sft_dataset
@@ -64,18 +70,29 @@ class SEDSFTTrainer(SFTTrainer):
         train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
             eval_dataset = self._tokenized(eval_dataset, processing_class, args, "eval")
+        padding_free = _check_padding_free(args, custom_collator="data_collator" in kwargs)
+        if args.packing:
+            train_dataset = pack_dataset(train_dataset, args.max_length, args.packing_strategy)
+        if eval_dataset is not None and (args.packing if args.eval_packing is None else args.eval_packing):
+            eval_dataset = pack_dataset(eval_dataset, args.max_length, args.packing_strategy)
         kwargs.setdefault(
             "data_collator",
-            SFTCollator(processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of),
+            SFTCollator(
+                processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of, padding_free=padding_free
+            ),
         )
-        super().__init__(
-            model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        with _trl_packing_off(args):  # sedsft packed and collates the data itself (see _trl_packing_off)
+            super().__init__(
+                model,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
+        self.padding_free = padding_free
+        if padding_free:
+            check_packed_attention(self.model)
         # Our loss is a sum over label tokens divided by num_items_in_batch: have Trainer count them per
         # optimizer step (over all processes) and not divide the loss again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
@@ -105,15 +122,17 @@ class SEDSFTTrainer(SFTTrainer):
         return ds
 
     def _resolve_loss_impl(self) -> str:
-        """'fused' or 'logits'; 'auto' falls back to logits (with a warning) where the head is not fusable."""
+        """'fused' or 'logits'; 'auto' falls back to logits (with a one-line notice) where the head is not fusable.
+
+        A sharded head (ZeRO-3, FSDP2) is fused: the loss gathers it (``sedsft.losses.sharded``).
+        """
         want = self.args.loss_impl
         if want == "logits":
             return "logits"
         reason = None
-        if self.is_fsdp_enabled:
-            reason = "FSDP shards the LM-head weight outside forward"
-        elif self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            reason = "DeepSpeed ZeRO-3 shards the LM-head weight outside forward"
+        plugin = self.accelerator.state.fsdp_plugin if self.is_fsdp_enabled else None
+        if plugin is not None and plugin.fsdp_version == 1 and plugin.use_orig_params:
+            reason = "FSDP1 with use_orig_params=true keeps the LM head as a flat shard outside forward (use FSDP2)"
         else:
             try:
                 check_fusable(self.model)
@@ -217,11 +236,14 @@ class SEDSFTTrainer(SFTTrainer):
                 spec.mask_ratio,
             )
         options = self.args.objective_options(tau=self.tau)
-        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels") if k in inputs}
+        labels = inputs["labels"]
+        # everything the collator made except the labels: ids with attention_mask, or with position_ids
+        # (and varlen metadata) for padding-free batches
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         if self.loss_impl == "fused":
             out = fused_forward_loss(
                 model,
-                batch,
+                {**model_inputs, "labels": labels},
                 objective=self.args.objective,
                 num_items_in_batch=num_items_in_batch,
                 return_stats=True,
@@ -229,13 +251,11 @@ class SEDSFTTrainer(SFTTrainer):
                 **options,
             )
         else:
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
-            ).logits
+            logits = model(**model_inputs, use_cache=False).logits
             out = objective_loss(
                 self.args.objective,
                 logits,
-                batch["labels"],
+                labels,
                 num_items_in_batch=num_items_in_batch,
                 return_stats=True,
                 **options,
@@ -246,13 +266,14 @@ class SEDSFTTrainer(SFTTrainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         sums = out.stats.as_tensor().detach()  # [9] float64 sums
         self._stat_sums[mode] = sums if self._stat_sums[mode] is None else self._stat_sums[mode] + sums
-        if mode == "train":  # TRL's running token count, gathered the way SFTTrainer does it
-            n = self.accelerator.gather_for_metrics(batch["attention_mask"].sum()).sum().item()
-            self._total_train_tokens += n // self._tp_size
+        if mode == "train":  # TRL's running token count (a padding-free row counts whole, as in TRL)
+            mask = inputs.get("attention_mask")
+            local = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel(), device=labels.device)
+            self._total_train_tokens += int(self.accelerator.reduce(local, reduction="sum").item()) // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if return_outputs:
             with torch.no_grad():
-                outputs = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+                outputs = model(**model_inputs)
             return loss, outputs
         return loss
 
@@ -278,3 +299,63 @@ def _differences(saved, wanted) -> str:
         f"{k}={v!r} (now {getattr(wanted, k)!r})" for k, v in vars(saved).items() if getattr(wanted, k) != v
     ]
     return ", ".join(diff)
+
+
+# ---- packing and padding-free batches ------------------------------------------------------------
+
+# Transformers (5.x) keeps packed documents apart given position_ids and no attention_mask: eager, sdpa and
+# flex build a block-diagonal causal mask from the position_ids (masking_utils.find_packed_sequence_indices),
+# the flash kernels run varlen attention from them (or from cu_seq_lens_q/k).
+PACKED_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def _check_padding_free(args, *, custom_collator: bool) -> bool:
+    """Whether batches are padding-free (``packing`` or ``padding_free``); a clear error for what cannot work."""
+    if not (args.packing or args.padding_free):
+        return False
+    flag = "--packing" if args.packing else "--padding_free"
+    if custom_collator:
+        raise UserError(f"{flag} uses sedsft's own collator (position_ids per document); do not pass data_collator")
+    if args.packing and args.packing_strategy not in ("bfd", "bfd_split"):
+        raise UserError(
+            f"--packing_strategy {args.packing_strategy!r} cuts documents and lets them attend across boundaries; "
+            "use bfd (whole documents) or bfd_split"
+        )
+    if args.packing and args.max_length is None:
+        raise UserError("--packing needs --max_length: the length of one packed sequence")
+    return True
+
+
+def check_packed_attention(model) -> None:
+    """Refuse padding-free batches with an attention implementation that may let documents see each other."""
+    from sedsft.losses.head import unwrap
+
+    inner = unwrap(model)
+    impl = getattr(inner.config, "_attn_implementation", None)
+    hub_flash = isinstance(impl, str) and "flash" in impl and "paged" not in impl  # kernels-community/flash-attn*
+    if impl not in PACKED_ATTENTION and not hub_flash:
+        raise UserError(
+            f"--packing / --padding_free need an attention implementation that honours position_ids "
+            f"({', '.join(PACKED_ATTENTION)}); the model uses {impl!r}: pass --attn_implementation sdpa"
+        )
+    if not type(inner).__module__.startswith("transformers."):
+        raise UserError(
+            f"--packing / --padding_free: {type(inner).__name__} is remote code, which may not keep packed documents "
+            "apart; train without packing"
+        )
+
+
+@contextlib.contextmanager
+def _trl_packing_off(args):
+    """Hide packing/padding_free from SFTTrainer.__init__ while it runs.
+
+    TRL refuses a custom collator with padding-free batches and, without packing, a max_length it would not
+    enforce; both checks are about TRL's own data preparation, which sedsft replaces (``sedsft.data`` enforces
+    max_length, ``SFTCollator`` writes position_ids per document).
+    """
+    saved = args.packing, args.padding_free
+    args.packing = args.padding_free = False
+    try:
+        yield
+    finally:
+        args.packing, args.padding_free = saved

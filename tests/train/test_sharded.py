@@ -1,0 +1,78 @@
+"""The fused head on a sharded LM-head weight (FSDP2, DeepSpeed ZeRO-3) equals one unsharded process.
+
+The runs are real: ``fully_shard`` and a ZeRO-3 engine (DeepSpeed's CPU accelerator) on two gloo processes,
+each training on its half of the batch, and SEDSFTTrainer under ZeRO-3. accelerate starts FSDP only on
+GPUs, so the trainer-level FSDP2 run (and both runs' memory) is a GPU check: ``benchmarks/sharded_head_gpu.sh``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .sharded_worker import FSDP2_VARIANTS, ZERO3_VARIANTS, model, reference
+from .worker import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out: Path, *args: str, procs: int = 2) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd += ["-m", "tests.train.sharded_worker", str(out), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out / f"{args[0]}.pt")
+
+
+def _assert_same(got: dict, want: dict, start: dict) -> None:
+    assert any(not torch.equal(want[k], start[k]) for k in want), "the reference did not move"
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, atol=2e-7, rtol=1e-6, msg=k)
+
+
+def test_fsdp2_two_processes_equal_one(tmp_path):
+    result = _torchrun(tmp_path, "fsdp2")
+    refs = {tied: reference(tied) for tied in (False, True)}
+    for name, (tied, _) in FSDP2_VARIANTS.items():
+        # the root FSDP unit stays unsharded after forward by default; a resharded unit leaves a DTensor shard
+        assert result[name]["head_after_forward"] == ("Parameter" if name == "root_unsharded" else "DTensor"), name
+        _assert_same(result[name]["params"], refs[tied], model(tied).state_dict())
+
+
+def test_zero3_two_processes_equal_one(tmp_path):
+    pytest.importorskip("deepspeed")
+    result = _torchrun(tmp_path, "zero3")
+    for name, tied in ZERO3_VARIANTS.items():
+        assert result[name]["head_after_forward"] == "empty partition", name  # gathered for the loss only
+        assert result[name]["head_after_steps"] == "NOT_AVAILABLE", name  # and partitioned again
+        _assert_same(result[name]["params"], reference(tied), model(tied).state_dict())
+
+
+def test_zero3_trainer_equals_plain(tmp_path, tiny_ckpt, train_file):
+    """SEDSFTTrainer under ZeRO-3 keeps the fused head (calibration included) and reaches the plain run's weights."""
+    pytest.importorskip("deepspeed")
+    (tmp_path / "z3").mkdir()
+    got = _torchrun(tmp_path / "z3", "zero3_trainer", str(tiny_ckpt), str(train_file), procs=1)
+    plain = train(
+        tmp_path / "plain", tiny_ckpt, train_file, per_device=2, accum=2, steps=2, objective="sed", loss_impl="fused"
+    )
+    assert (got["loss_impl"], got["zero_stage"]) == ("fused", 3)
+    assert got["tau"] == plain.tau
+    assert got["losses"] == pytest.approx([h["loss"] for h in plain.state.log_history if "loss" in h], abs=1e-6)
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(got["params"][k], v, atol=2e-7, rtol=1e-6, msg=k)
