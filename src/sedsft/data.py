@@ -346,7 +346,9 @@ class SFTCollator:
     The batch also carries TRL's varlen metadata (``cu_seq_lens_q/k``, ``max_length_q/k``) for flash kernels.
     """
 
-    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None, padding_free: bool = False):
+    def __init__(
+        self, pad_token_id: int, *, pad_to_multiple_of: int | None = None, padding_free: bool = False
+    ):
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.padding_free = padding_free
@@ -378,7 +380,9 @@ class SFTCollator:
         if sum(lengths) != ids.numel():
             raise ValueError(f"seq_lengths add up to {sum(lengths)}, but the rows hold {ids.numel()} tokens")
         starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)  # [D] first token of each document
-        position_ids = torch.arange(ids.numel()) - torch.repeat_interleave(starts, torch.tensor(lengths))  # [N]
+        position_ids = torch.arange(ids.numel()) - torch.repeat_interleave(
+            starts, torch.tensor(lengths)
+        )  # [N]
         labels[starts] = IGNORE_INDEX  # no label crosses a document boundary
         width = self._width(ids.numel())
         pad = width - ids.numel()

@@ -13,6 +13,7 @@ import yaml
 from sedsft.cli import main as sedsft_main
 from sedsft.rl.config import SEDGRPOConfig
 from sedsft.rl.prompts import rl_prompts_from_records
+from sedsft.rl.rewards import completion_text
 from sedsft.rl.trainer import group_stats, run_grpo
 
 from .tiny import QA_ROWS, build_char_tokenizer, build_tiny_model
@@ -79,6 +80,62 @@ def test_cli_logs_checkpoints_and_resumes(tiny_checkpoint, qa_file, tmp_path, ca
     assert sedsft_main([*argv, "--resume_from_checkpoint", str(out / "checkpoint-2")]) == 0
     assert [m["step"] for m in _metrics(more) if "reward" in m] == [1, 2, 3]
     assert json.loads((more / "trainer_state.json").read_text())["global_step"] == 3
+
+
+class _Killed(Exception):
+    """Stands in for a job killed mid-run."""
+
+
+def _length_reward(completions, **kwargs):
+    """Deterministic and varied within groups (the random model solves nothing): the weights move."""
+    return [float(len(completion_text(c)) % 3 == 0) for c in completions]
+
+
+def test_interrupted_grpo_resumed_with_the_same_command_equals_uninterrupted(
+    tiny_checkpoint, qa_file, tmp_path, monkeypatch
+):
+    """Killed after a checkpoint that falls inside a rollout (2 optimizer steps per generation batch, as in
+    the authors' recipe) and after logging a step past it; rerun: same weights, no duplicate metrics rows."""
+    from safetensors.torch import load_file
+
+    from sedsft.rl import rewards
+    from sedsft.rl.trainer import SEDGRPOTrainer
+
+    monkeypatch.setattr(rewards, "math_reward", _length_reward)
+
+    def command(out):
+        config = tmp_path / f"{out.name}.yaml"
+        settings = {**TINY, "model_name_or_path": str(tiny_checkpoint), "dataset_path": str(qa_file)}
+        settings.update(output_dir=str(out), max_steps=6, save_steps=3, learning_rate=1e-2)
+        settings["generation_batch_size"] = 2 * TINY["per_device_train_batch_size"]  # 2 steps per rollout
+        config.write_text(yaml.safe_dump(settings))
+        return ["grpo", "--config", str(config)]
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert sedsft_main(command(full)) == 0
+    train_step = SEDGRPOTrainer.training_step
+
+    def killed_in_step_5(self, *args, **kwargs):
+        if self.state.global_step == 4:  # step 4 is logged, the last checkpoint is checkpoint-3
+            raise _Killed
+        return train_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SEDGRPOTrainer, "training_step", killed_in_step_5)
+    with pytest.raises(_Killed):
+        sedsft_main(command(part))
+    assert [m["step"] for m in _metrics(part) if "loss" in m] == [1, 2, 3, 4]
+    assert (part / "checkpoint-3" / "sedsft_rollout_rank0.pt").is_file()
+    monkeypatch.setattr(SEDGRPOTrainer, "training_step", train_step)
+    assert sedsft_main(command(part)) == 0  # the same command again
+
+    rows = {out: [m for m in _metrics(out) if "loss" in m] for out in (full, part)}
+    assert [m["step"] for m in rows[part]] == [1, 2, 3, 4, 5, 6]  # step 4 once, not twice
+    assert [m["loss"] for m in rows[part]] == [m["loss"] for m in rows[full]]
+    start = build_tiny_model(build_char_tokenizer()).state_dict()
+    got, want = load_file(part / "model.safetensors"), load_file(full / "model.safetensors")
+    assert any(not torch.equal(want[k], start[k]) for k in want), "the weights did not move"
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -111,7 +111,10 @@ def run_zero3(rank: int, world: int) -> dict:
         "train_micro_batch_size_per_gpu": ROWS // world,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": 0.0,  # DeepSpeed clips at 1.0 unless told otherwise
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},  # partition even tiny ones
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+        },  # partition even tiny ones
         "zero_allow_untested_optimizer": True,
     }
     out = {}
@@ -124,7 +127,9 @@ def run_zero3(rank: int, world: int) -> dict:
         params = list(engine.module.parameters())
         with deepspeed.zero.GatheredParameters(params):
             state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
-        status = unwrap(engine).get_output_embeddings().weight.ds_status.name  # released again after the steps?
+        status = (
+            unwrap(engine).get_output_embeddings().weight.ds_status.name
+        )  # released again after the steps?
         out[name] = {"head_after_forward": seen, "head_after_steps": status, "params": state}
         engine.destroy()
     return out

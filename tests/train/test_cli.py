@@ -120,6 +120,18 @@ def test_paper_configs_parse_and_validate(config):
         )
         assert args.learning_rate == 2e-5 and args.bf16 and args.mask_ratio == 0.7 and args.top_k == 2
         assert args.tau is None and args.lam == 1.0 and model_args.model_name_or_path.startswith("models/")
+        # where the paper is silent, the authors' released scripts (configs/paper comments cite each)
+        assert (args.adam_beta2, args.num_train_epochs, args.max_length, args.overflow) == (
+            0.95,
+            2,
+            32000,
+            "truncate",
+        )
+        assert (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * 8 == 128
+        )  # sequences per step
+        assert (args.lr_scheduler_type, args.warmup_steps) == ("constant_with_warmup", 0.03)
+        assert model_args.model_name_or_path.endswith("-Instruct")  # the paper's backbones
 
 
 @pytest.mark.parametrize("preset", ["paper", "authors"])

@@ -50,7 +50,9 @@ def test_fsdp2_two_processes_equal_one(tmp_path):
     refs = {tied: reference(tied) for tied in (False, True)}
     for name, (tied, _) in FSDP2_VARIANTS.items():
         # the root FSDP unit stays unsharded after forward by default; a resharded unit leaves a DTensor shard
-        assert result[name]["head_after_forward"] == ("Parameter" if name == "root_unsharded" else "DTensor"), name
+        assert result[name]["head_after_forward"] == (
+            "Parameter" if name == "root_unsharded" else "DTensor"
+        ), name
         _assert_same(result[name]["params"], refs[tied], model(tied).state_dict())
 
 
@@ -69,10 +71,19 @@ def test_zero3_trainer_equals_plain(tmp_path, tiny_ckpt, train_file):
     (tmp_path / "z3").mkdir()
     got = _torchrun(tmp_path / "z3", "zero3_trainer", str(tiny_ckpt), str(train_file), procs=1)
     plain = train(
-        tmp_path / "plain", tiny_ckpt, train_file, per_device=2, accum=2, steps=2, objective="sed", loss_impl="fused"
+        tmp_path / "plain",
+        tiny_ckpt,
+        train_file,
+        per_device=2,
+        accum=2,
+        steps=2,
+        objective="sed",
+        loss_impl="fused",
     )
     assert (got["loss_impl"], got["zero_stage"]) == ("fused", 3)
     assert got["tau"] == plain.tau
-    assert got["losses"] == pytest.approx([h["loss"] for h in plain.state.log_history if "loss" in h], abs=1e-6)
+    assert got["losses"] == pytest.approx(
+        [h["loss"] for h in plain.state.log_history if "loss" in h], abs=1e-6
+    )
     for k, v in plain.model.state_dict().items():
         torch.testing.assert_close(got["params"][k], v, atol=2e-7, rtol=1e-6, msg=k)

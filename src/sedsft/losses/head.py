@@ -68,7 +68,9 @@ def _output_head(inner: nn.Module) -> nn.Linear:
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if hasattr(head, "modules_to_save") and hasattr(head, "active_adapters"):  # PEFT ModulesToSaveWrapper
         active = [a for a in head.active_adapters if a in head.modules_to_save]
-        head = head.modules_to_save[active[0]] if active and not head.disable_adapters else head.original_module
+        head = (
+            head.modules_to_save[active[0]] if active and not head.disable_adapters else head.original_module
+        )
     if hasattr(head, "base_layer"):
         raise ValueError(
             "the LM head carries a LoRA adapter, which the fused head does not reproduce; use loss_impl='logits'"
@@ -91,8 +93,9 @@ def hidden_and_head(model: nn.Module, **batch) -> HeadInputs:
     out = model(**batch, output_hidden_states=True, logits_to_keep=1, use_cache=False)
     hidden = out.hidden_states[-1]  # [B, T, d], after the final norm
     head = check_fusable(model)  # looked up again: FSDP swaps the parameter objects around forward
+    weight = full_parameter(head.weight, dim=2, compute_dtype=hidden.dtype)
     return HeadInputs(
-        hidden=hidden, weight=full_parameter(head.weight, dim=2), bias=full_parameter(head.bias, dim=1)
+        hidden=hidden, weight=weight, bias=full_parameter(head.bias, dim=1, compute_dtype=hidden.dtype)
     )
 
 

@@ -75,14 +75,18 @@ def _replicated(param: Tensor) -> Tensor:
     return full.to_local(grad_placements=[Partial("avg")] * ndim)
 
 
-def full_parameter(param: Tensor | None, *, dim: int) -> Tensor | None:
-    """``param`` (a ``dim``-D weight or bias) as one plain tensor holding all of it, linked to ``param`` by autograd."""
+def full_parameter(param: Tensor | None, *, dim: int, compute_dtype: torch.dtype) -> Tensor | None:
+    """``param`` (a ``dim``-D weight or bias) as one plain tensor holding all of it, linked to ``param`` by autograd.
+
+    ``compute_dtype`` (the hidden states' dtype) is what a DTensor shard is cast to once gathered: FSDP2's
+    mixed precision keeps fp32 shards and computes in its param_dtype, as the model's own head would.
+    """
     if param is None:
         return None
-    if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3
+    if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 (its parameters are already in the compute dtype)
         return _ZeroGathered.apply(param)
-    if type(param).__name__ == "DTensor":  # FSDP2 / DTensor-sharded
-        return _replicated(param)
+    if type(param).__name__ == "DTensor":  # FSDP2 / DTensor-sharded: gather in full precision, then cast
+        return _replicated(param).to(compute_dtype)
     if param.numel() == 0 or param.dim() != dim:
         raise ValueError(flat_shard_message(param.shape))
     return param

@@ -2,18 +2,21 @@
 
 The paper trains every SFT checkpoint with GRPO in verl using verl's defaults plus: 256 prompts x 8
 samples per step, clip range [1 - 0.2, 1 + 0.28], no KL term, token-level loss, learning rate 1e-6.
-Where TRL has the same knob, :class:`SEDGRPOConfig` defaults to the paper's value:
+Where TRL has the same knob, :class:`SEDGRPOConfig` defaults to the paper's value (and verl's default
+where the paper relies on it):
 
 | paper / verl                                  | TRL GRPOConfig                          |
 | --------------------------------------------- | --------------------------------------- |
 | rollout.n = 8                                 | ``num_generations = 8``                 |
 | clip_ratio_low 0.2 / clip_ratio_high 0.28     | ``epsilon = 0.2``, ``epsilon_high = 0.28`` |
+| dual-clip clip_ratio_c = 3.0 (verl default)   | ``delta = 3.0`` (caps the ratio where A < 0) |
 | use_kl_loss = False, no KL in reward          | ``beta = 0.0`` (no reference model)     |
 | loss_agg_mode = "token-mean"                  | ``loss_type = "dapo"`` (see below)      |
 | actor.optim.lr = 1e-6                         | ``learning_rate = 1e-6``                |
 | GRPO advantage: (r - group mean) / group std  | ``scale_rewards = "group"``             |
 | rollout temperature 1.0, top_p 1.0            | ``temperature = 1.0``, ``top_p = 1.0``  |
-| ppo_epochs 1, mini-batch = train batch        | ``num_iterations = 1``; one optimizer step per generation batch |
+| ppo_epochs 1                                  | ``num_iterations = 1``                  |
+| ppo_mini_batch_size (verl default: the batch) | ``generation_batch_size`` / optimizer batch (below) |
 | actor optim: constant lr, weight decay 0.01   | ``lr_scheduler_type = "constant"``, ``weight_decay = 0.01`` |
 
 Token-level loss: verl's "token-mean" sums the clipped per-token losses of the whole mini-batch and
@@ -23,10 +26,17 @@ batch (all processes, all accumulation steps); "bnpo" does it per local micro-ba
 result depends on the micro-batch split); "grpo" averages per sequence first (long responses' tokens
 weigh less); "dr_grpo" divides by a constant (max_completion_length). So "dapo".
 
+Dual clip: verl's PPO loss bounds the ratio by ``clip_ratio_c`` (3.0) on tokens with a negative
+advantage; TRL's ``delta`` clamps the unclipped ratio at the same value, which changes the loss only
+there (for A > 0 the clipped term is already the smaller one), so ``delta = 3.0`` is verl's dual clip.
+
 The batch: one optimizer step sees ``per_device_train_batch_size x processes x
-gradient_accumulation_steps`` completions, and by default that is also the generation batch. The
-paper's 256 prompts x 8 samples = 2,048 completions per step, e.g. 8 GPUs x 8 x 32 accumulation
-(``configs/paper/grpo_*.yaml`` spell out the arithmetic).
+gradient_accumulation_steps`` completions; one rollout generates ``generation_batch_size`` completions
+(TRL's default: the optimizer batch, one update per rollout, as verl's default ppo_mini_batch_size). The
+paper's 256 prompts x 8 samples = 2,048 completions per rollout. The authors' verl script updates on
+mini-batches of 32 prompts (256 completions): 8 optimizer steps per rollout, which
+``configs/paper/grpo_*.yaml`` spell out (``generation_batch_size: 2048`` over 8 GPUs x 8 x 4
+accumulation). A checkpoint taken between those 8 steps holds the rollout, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -61,6 +71,13 @@ class SEDGRPOConfig(GRPOConfig):
             "help": "Upper clip range of the ratio: 1 + epsilon_high (paper: 0.28, DAPO's clip-higher)."
         },
     )
+    delta: float | None = field(
+        default=3.0,
+        metadata={
+            "help": "Upper bound on the unclipped ratio (two-sided clipping): verl's dual-clip clip_ratio_c, "
+            "3.0 by default there (the paper runs verl's defaults); None = TRL's plain clipping."
+        },
+    )
     beta: float = field(
         default=0.0, metadata={"help": "KL coefficient; 0 = no KL and no reference model (paper)."}
     )
@@ -83,8 +100,8 @@ class SEDGRPOConfig(GRPOConfig):
     max_completion_length: int | None = field(
         default=3072,
         metadata={
-            "help": "Response token budget per sample. The paper does not state it; 3,072 keeps prompt + response "
-            "within Qwen2.5-Math-7B-Instruct's 4,096-token context."
+            "help": "Response token budget per sample. The paper does not state it; the authors' verl script uses "
+            "3,072 (max_response_length), which keeps prompt + response within Qwen2.5-Math-7B-Instruct's 4,096 tokens."
         },
     )
     lr_scheduler_type: str = field(
@@ -125,6 +142,10 @@ class SEDGRPOConfig(GRPOConfig):
             raise UserError(f"epsilon_high must be >= epsilon ({self.epsilon}), got {self.epsilon_high}")
         if self.beta < 0:
             raise UserError(f"beta must be >= 0, got {self.beta}")
+        if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):
+            raise UserError(
+                f"delta must be > 1 + epsilon_high ({1 + (self.epsilon_high or self.epsilon)}) or None, got {self.delta}"
+            )
 
 
 def _vllm_usable() -> bool:

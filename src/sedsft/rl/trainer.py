@@ -12,13 +12,30 @@ question (what does SFT leave for RL?) also needs is how the zero-variance group
 - ``groups/pass_at_g``: at least one sample is correct (pass@G with G = num_generations),
 - ``rewards/frac_unscored``: completions with no gold answer (reward None).
 
-Every log line also goes to ``<output_dir>/metrics.jsonl``. Use :func:`run_grpo` from Python (the
-CPU demo does) and ``sedsft grpo`` from the shell.
+Every log line also goes to ``<output_dir>/metrics.jsonl`` (rewritten from the checkpoint's history on
+resume, so no row is written twice). Use :func:`run_grpo` from Python (the CPU demo does) and ``sedsft
+grpo`` from the shell.
+
+Resume is exact (with Transformers generation): an interrupted run continued from its last checkpoint ends
+with the weights of an uninterrupted one. Two things in TRL 1.16 stand in the way and are mended here:
+
+- the prompt order: TRL's sampler draws each epoch's shuffle from one generator that advances at every
+  epoch, so a run resumed in epoch e replayed epoch 0's order. :class:`EpochSeededRepeatSampler` makes the
+  order a function of (seed, epoch).
+- a checkpoint inside a rollout (several optimizer steps per generation batch, as in the authors' verl
+  recipe: ppo_mini_batch_size 32 of 256 prompts): TRL keeps the generated batch in memory only, so a
+  resumed run generated it again, with other samples. Each checkpoint now holds the rollout in progress
+  (``sedsft_rollout_rank<r>.pt``: TRL's buffered batch and micro-step counter) and resume restores it.
+
+vLLM's sampler state is not in any checkpoint: with vLLM a resumed run continues with the same data order,
+weights and rollout, but draws fresh samples after the checkpoint.
 """
 
 from __future__ import annotations
 
-import json
+import io
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +43,22 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from sedsft.errors import UserError
-from sedsft.io import JsonlLog, atomic_write_text
+from sedsft.io import atomic_write_bytes
 from sedsft.rl.config import SEDGRPOConfig
 from sedsft.rl.prompts import RLPrompt, to_dataset
 from sedsft.rl.rewards import math_reward
 from sedsft.runs import last_checkpoint
+from sedsft.train.callbacks import MetricsLogCallback
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+ROLLOUT_FILE = "sedsft_rollout_rank{rank}.pt"
 
 
 def group_stats(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int) -> dict[str, float]:
@@ -67,10 +91,8 @@ def group_stats(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_siz
 class EpochSeededRepeatSampler(RepeatSampler):
     """TRL's RepeatSampler whose shuffle is a function of (seed, epoch) only.
 
-    TRL's sampler draws each epoch's permutation from one generator that advances at every ``iter``; a
-    run resumed in epoch e starts a fresh generator, so it would replay epoch 0's order instead of
-    epoch e's. Trainer calls ``set_epoch`` before every epoch (resumed or not), so here the order depends
-    on the epoch number alone and a resumed run sees the prompts the uninterrupted run saw.
+    Trainer calls ``set_epoch`` before every epoch, resumed or not, so a resumed run sees the prompts the
+    uninterrupted run saw (TRL's own sampler advances one generator per epoch, which a resumed run lacks).
     """
 
     epoch = 0
@@ -85,13 +107,55 @@ class EpochSeededRepeatSampler(RepeatSampler):
 
 
 class SEDGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that also logs the group statistics of :func:`group_stats` (module doc)."""
+    """GRPOTrainer that logs the group statistics of :func:`group_stats` and resumes exactly (module doc)."""
 
     def _get_train_sampler(self, dataset=None):
-        sampler = super()._get_train_sampler(dataset)
-        if type(sampler) is RepeatSampler:
-            sampler.__class__ = EpochSeededRepeatSampler
-        return sampler
+        s = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler(
+            data_source=s.data_source,
+            mini_repeat_count=s.mini_repeat_count,
+            batch_size=s.batch_size,
+            repeat_count=s.repeat_count,
+            shuffle=s.shuffle,
+            seed=s.seed,
+        )
+
+    # ---- the rollout in progress travels with each checkpoint ---------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        folder = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        self._save_rollout(folder)  # before TRL's files: a checkpoint with trainer_state.json has its rollout
+        super()._save_checkpoint(model, trial)
+
+    def _save_rollout(self, folder: str) -> None:
+        inside = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
+        state = {"step": self._step, "buffer": self._buffered_inputs if inside else None}
+        data = io.BytesIO()
+        torch.save(state, data)
+        rank = self.accelerator.process_index
+        atomic_write_bytes(os.path.join(folder, ROLLOUT_FILE.format(rank=rank)), data.getvalue())
+
+    def _load_rollout(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, ROLLOUT_FILE.format(rank=self.accelerator.process_index))
+        if not os.path.isfile(path):
+            logger.warning(
+                "%s has no rollout file: a rollout cut by this checkpoint is generated again", checkpoint
+            )
+            return
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)  # our own file
+        self._step, self._buffered_inputs = state["step"], state["buffer"]
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str):
+            self._load_rollout(checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    # ---- logging ------------------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -100,24 +164,6 @@ class SEDGRPOTrainer(GRPOTrainer):
         for name, value in group_stats(rewards_per_func, self.reward_weights, group_size).items():
             self._metrics[mode][name].append(value)
         return rewards_per_func
-
-
-class JsonlMetricsCallback(TrainerCallback):
-    """Appends every log line (step, epoch and metrics) to ``<output_dir>/metrics.jsonl`` on the main process."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.log: JsonlLog | None = None  # opened on the main process only, at its first log line
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:  # on resume: the checkpoint's history, nothing logged after it
-            rows = [{"step": r.get("step"), "epoch": r.get("epoch"), **r} for r in state.log_history]
-            atomic_write_text(self.path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            self.log = self.log or JsonlLog(self.path)
-            self.log.append({"step": state.global_step, "epoch": state.epoch, **logs})
 
 
 @dataclass
@@ -200,7 +246,7 @@ def run_grpo(
         eval_dataset=_as_dataset(eval_dataset),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[JsonlMetricsCallback(output_dir / "metrics.jsonl"), *callbacks],
+        callbacks=[MetricsLogCallback(METRICS_FILE), *callbacks],
     )
     checkpoint = resolve_resume(output_dir, resume)
     train_output = trainer.train(resume_from_checkpoint=checkpoint)

@@ -23,17 +23,22 @@ METRICS_FILE = "sedsft_metrics.jsonl"
 SUMMARY_FILE = "sedsft_summary.json"
 
 
-class SEDSFTFilesCallback(TrainerCallback):
-    """Writes the files above on the main process; holds a reference to its trainer for tau and the data report."""
+class MetricsLogCallback(TrainerCallback):
+    """``output_dir/<filename>``: one JSON line per log event, the rows of the trainer's ``log_history``.
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    Rewritten from the trainer state when training begins, so a resumed run starts from the checkpoint's
+    history (rows logged after that checkpoint by the interrupted run are dropped, not duplicated), then
+    appended as training goes, and rewritten once more at the end. Main process only.
+    """
+
+    def __init__(self, filename: str):
+        self.filename = filename
 
     def _rewrite(self, args, state) -> None:
         import json
 
         lines = "".join(json.dumps(r, default=str) + "\n" for r in state.log_history)
-        atomic_write_text(os.path.join(args.output_dir, METRICS_FILE), lines)
+        atomic_write_text(os.path.join(args.output_dir, self.filename), lines)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -41,7 +46,19 @@ class SEDSFTFilesCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            JsonlLog(os.path.join(args.output_dir, METRICS_FILE)).append({**logs, "step": state.global_step})
+            JsonlLog(os.path.join(args.output_dir, self.filename)).append({**logs, "step": state.global_step})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._rewrite(args, state)
+
+
+class SEDSFTFilesCallback(MetricsLogCallback):
+    """Writes the files above on the main process; holds a reference to its trainer for tau and the data report."""
+
+    def __init__(self, trainer):
+        super().__init__(METRICS_FILE)
+        self.trainer = trainer
 
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -49,9 +66,9 @@ class SEDSFTFilesCallback(TrainerCallback):
             self.trainer._save_calibration(folder)
 
     def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
         if not state.is_world_process_zero:
             return
-        self._rewrite(args, state)
         last: dict[str, float] = {}
         for record in state.log_history:
             for k, v in record.items():

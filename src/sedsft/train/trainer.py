@@ -20,7 +20,9 @@ and ``padding_free`` give padding-free batches: one row per batch, ``position_id
 document, no label across a document boundary, and an attention implementation that keeps documents apart.
 
 The head may be sharded (ZeRO-3, FSDP2): ``fused_forward_loss`` gathers it for the loss only. A frozen head
-(PEFT) gets no weight gradient; a LoRA adapter on the head falls back to the logits path with a notice.
+(PEFT) gets no weight gradient; PEFT's trainable copy of the head (``modules_to_save``) is fused. A LoRA
+adapter on the head is refused in one line (TRL 1.16's SFTTrainer refuses it, see ``_refuse_lora_on_head``);
+any other head the fused path cannot reproduce falls back to the logits path with a one-line notice.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class SEDSFTTrainer(SFTTrainer):
             processing_class = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+        _refuse_lora_on_head(model, kwargs.get("peft_config"))
         self.data_report = None
         self._calibration_data = train_dataset  # as given: raw records are tokenized as sedsft calibrate does
         train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
@@ -78,7 +81,9 @@ class SEDSFTTrainer(SFTTrainer):
         kwargs.setdefault(
             "data_collator",
             SFTCollator(
-                processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of, padding_free=padding_free
+                processing_class.pad_token_id,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                padding_free=padding_free,
             ),
         )
         with _trl_packing_off(args):  # sedsft packed and collates the data itself (see _trl_packing_off)
@@ -268,8 +273,14 @@ class SEDSFTTrainer(SFTTrainer):
         self._stat_sums[mode] = sums if self._stat_sums[mode] is None else self._stat_sums[mode] + sums
         if mode == "train":  # TRL's running token count (a padding-free row counts whole, as in TRL)
             mask = inputs.get("attention_mask")
-            local = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel(), device=labels.device)
-            self._total_train_tokens += int(self.accelerator.reduce(local, reduction="sum").item()) // self._tp_size
+            local = (
+                mask.sum()
+                if mask is not None
+                else torch.tensor(inputs["input_ids"].numel(), device=labels.device)
+            )
+            self._total_train_tokens += (
+                int(self.accelerator.reduce(local, reduction="sum").item()) // self._tp_size
+            )
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if return_outputs:
             with torch.no_grad():
@@ -301,6 +312,22 @@ def _differences(saved, wanted) -> str:
     return ", ".join(diff)
 
 
+def _refuse_lora_on_head(model, peft_config) -> None:
+    """TRL 1.16's SFTTrainer raises on a LoRA adapter on the output head (its own fused head reads
+    ``lm_head.weight``), before sedsft could choose the logits path: say so in one line, with the alternative."""
+    if peft_config is None or isinstance(model, str) or not hasattr(peft_config, "target_modules"):
+        return
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    head = model.get_output_embeddings()
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if name is not None and check_target_module_exists(peft_config, name):
+        raise UserError(
+            f"a LoRA adapter on the output head ({name}) is not supported by TRL's SFTTrainer; drop it from "
+            f"--lora_target_modules, or train the whole head with --lora_modules_to_save {name} (fused)"
+        )
+
+
 # ---- packing and padding-free batches ------------------------------------------------------------
 
 # Transformers (5.x) keeps packed documents apart given position_ids and no attention_mask: eager, sdpa and
@@ -315,7 +342,9 @@ def _check_padding_free(args, *, custom_collator: bool) -> bool:
         return False
     flag = "--packing" if args.packing else "--padding_free"
     if custom_collator:
-        raise UserError(f"{flag} uses sedsft's own collator (position_ids per document); do not pass data_collator")
+        raise UserError(
+            f"{flag} uses sedsft's own collator (position_ids per document); do not pass data_collator"
+        )
     if args.packing and args.packing_strategy not in ("bfd", "bfd_split"):
         raise UserError(
             f"--packing_strategy {args.packing_strategy!r} cuts documents and lets them attend across boundaries; "
@@ -332,7 +361,9 @@ def check_packed_attention(model) -> None:
 
     inner = unwrap(model)
     impl = getattr(inner.config, "_attn_implementation", None)
-    hub_flash = isinstance(impl, str) and "flash" in impl and "paged" not in impl  # kernels-community/flash-attn*
+    hub_flash = (
+        isinstance(impl, str) and "flash" in impl and "paged" not in impl
+    )  # kernels-community/flash-attn*
     if impl not in PACKED_ATTENTION and not hub_flash:
         raise UserError(
             f"--packing / --padding_free need an attention implementation that honours position_ids "
