@@ -32,6 +32,7 @@ FSDP2_VARIANTS = {  # name: (tied embeddings, how fully_shard is applied)
     "tied": (True, "reshard"),  # the head is the (sharded) embedding
 }
 ZERO3_VARIANTS = {"untied": False, "tied": True}
+# and "fsdp1" (untied), run in the fsdp2 launch: see _fsdp1
 
 
 def model(tied: bool):
@@ -101,7 +102,30 @@ def run_fsdp2(rank: int, world: int) -> dict:
         seen = _steps(net, step, lambda loss: loss.backward(), rank=rank, world=world)
         state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in net.state_dict().items()}
         out[name] = {"head_after_forward": seen, "params": {k: v.detach().clone() for k, v in state.items()}}
+    out["fsdp1"] = _fsdp1(rank, world)
     return out
+
+
+def _fsdp1(rank: int, world: int) -> dict:
+    """FSDP1, decoder layers wrapped, the head in the root unit, use_orig_params=False: the supported case."""
+    import functools
+
+    from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})
+    net = FullyShardedDataParallel(model(False), auto_wrap_policy=policy, device_id=torch.device("cpu"))
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+
+    def step():
+        opt.step()
+        opt.zero_grad()
+
+    seen = _steps(net, step, lambda loss: loss.backward(), rank=rank, world=world)
+    with FullyShardedDataParallel.state_dict_type(net, StateDictType.FULL_STATE_DICT):
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return {"head_after_forward": seen, "params": state}
 
 
 def run_zero3(rank: int, world: int) -> dict:

@@ -45,7 +45,7 @@ def _assert_same(got: dict, want: dict, start: dict) -> None:
         torch.testing.assert_close(got[k], v, atol=2e-7, rtol=1e-6, msg=k)
 
 
-def test_fsdp2_two_processes_equal_one(tmp_path):
+def test_fsdp_two_processes_equal_one(tmp_path):
     result = _torchrun(tmp_path, "fsdp2")
     refs = {tied: reference(tied) for tied in (False, True)}
     for name, (tied, _) in FSDP2_VARIANTS.items():
@@ -54,6 +54,9 @@ def test_fsdp2_two_processes_equal_one(tmp_path):
             "Parameter" if name == "root_unsharded" else "DTensor"
         ), name
         _assert_same(result[name]["params"], refs[tied], model(tied).state_dict())
+    # FSDP1 (use_orig_params=False, head in the root unit): a view of the unsharded flat parameter
+    assert result["fsdp1"]["head_after_forward"] == "Tensor"
+    _assert_same(result["fsdp1"]["params"], refs[False], model(False).state_dict())
 
 
 def test_zero3_two_processes_equal_one(tmp_path):
@@ -87,3 +90,12 @@ def test_zero3_trainer_equals_plain(tmp_path, tiny_ckpt, train_file):
     )
     for k, v in plain.model.state_dict().items():
         torch.testing.assert_close(got["params"][k], v, atol=2e-7, rtol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("shard", [torch.zeros(0), torch.zeros(3264)], ids=["empty", "flat"])
+def test_a_flat_shard_is_refused_with_the_way_out(shard):
+    """FSDP1 with use_orig_params=True (or the head in its own unit) leaves a flat shard where the head is."""
+    from sedsft.losses.sharded import full_parameter
+
+    with pytest.raises(ValueError, match="flat shard .* use FSDP2, or FSDP1 with use_orig_params=false"):
+        full_parameter(torch.nn.Parameter(shard), dim=2, compute_dtype=torch.float32)
