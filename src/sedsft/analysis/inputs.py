@@ -14,8 +14,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sedsft.calibrate import LazyTokenized
 from sedsft.errors import UserError, check_count
 from sedsft.models import load_local_model
@@ -58,20 +56,6 @@ def tokenize_records(
                 TokenizedRecord(int(i), [int(x) for x in row["input_ids"]], [int(x) for x in row["labels"]])
             )
     return out
-
-
-def collate(examples: Sequence[TokenizedRecord], *, pad_token_id: int) -> dict:
-    """Right-padded batch: ``input_ids`` / ``attention_mask`` / ``labels`` as ``[B, T]`` long tensors."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(examples), width), dtype=torch.long)  # [B, T]
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)  # [B, T]
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        mask[row, :n] = 1
-        labels[row, :n] = torch.tensor(e.labels)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def batches_of(examples: Sequence[TokenizedRecord], *, batch_size: int, pad_token_id: int) -> Iterator[dict]:
