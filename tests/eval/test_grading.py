@@ -1,124 +1,57 @@
-"""is_correct / extract_answer as (gold, response, expected) tables, grouped by phenomenon."""
+"""grade / extract_answer against the phenomenon tables (grading_tables.py) and the benchmarks' own golds."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from sedsft.eval.grading import answers_match, extract_answer, is_correct
+from sedsft.eval import grading
+from sedsft.eval.benchmarks import load
+from sedsft.eval.grading import Grade, answers_match, extract_answer, grade, is_correct, normalize_answer
 
-# Each table: (gold, response, expected). Responses are as a model would write them.
-TABLES: dict[str, list[tuple[str, str, bool]]] = {
-    "plain_numbers": [
-        ("3", r"So the answer is $\boxed{3}$.", True),
-        ("-1", r"\boxed{-1}", True),
-        ("27", r"\boxed{27.0}", True),
-        ("0.8", r"\boxed{\frac{4}{5}}", True),
-        ("\\frac{1}{2}", r"\boxed{0.5}", True),
-        ("\\frac{1}{2}", r"\boxed{\dfrac12}", True),
-        ("3", r"\boxed{4}", False),
-        ("3.14", r"\boxed{3.15}", False),
-    ],
-    "zero_padded_aime": [
-        ("073", r"\boxed{73}", True),
-        ("025", r"\boxed{025}", True),
-        ("73", r"\boxed{073}", True),
-        ("073", r"\boxed{730}", False),
-    ],
-    "thousands_separators": [
-        ("3159", r"\boxed{3,159}", True),
-        ("1000000", r"\boxed{1{,}000{,}000}", True),
-        ("3159", r"\boxed{3159.5}", False),
-    ],
-    "units_percent_degrees": [
-        ("10", r"\boxed{10\%}", True),
-        ("10\\%", r"\boxed{10}", True),
-        ("90", r"\boxed{90^\circ}", True),
-        ("90", r"\boxed{90^{\circ}}", True),
-        ("5", r"\boxed{5 \text{ cm}}", True),
-        ("5", r"\boxed{5\text{ cm}^2}", True),
-        ("18", r"\boxed{\$18}", True),
-        ("18", "She makes 18 dollars.\n#### 18 dollars", True),
-        ("6", r"\boxed{60^\circ}", False),
-    ],
-    "latex_expressions": [
-        ("2\\sqrt{2}", r"\boxed{\sqrt{8}}", True),
-        ("x^2+2x+1", r"\boxed{(x+1)^2}", True),
-        ("\\frac{\\sqrt{17}}{17}", r"\boxed{\frac{1}{\sqrt{17}}}", True),
-        ("$-1-\\sqrt{3}$", r"\boxed{-1 - \sqrt{3}}", True),
-        ("10-4 n", r"\boxed{-4n+10}", True),
-        ("\\frac{\\pi}{3}", r"\boxed{60}", False),
-        ("2\\sqrt{2}", r"\boxed{2\sqrt{3}}", False),
-    ],
-    "intervals": [
-        ("(-\\infty,-3)", r"\boxed{(-\infty, -3)}", True),
-        ("[1,2)", r"\boxed{[1, 2)}", True),
-        ("(-1,1]", r"\boxed{(-1,1]}", True),
-        ("(-1,1]", r"\boxed{(-1,1)}", False),
-    ],
-    "sets_and_tuples": [
-        ("\\{2,3,5\\}", r"\boxed{\{5,3,2\}}", True),
-        ("\\left( 3, \\frac{\\pi}{2} \\right)", r"\boxed{(3, \pi/2)}", True),
-        ("(45,2),(-10,-9)", r"\boxed{(45,2),(-10,-9)}", True),
-        ("(1,2)", r"\boxed{(2,1)}", False),
-    ],
-    "equations_and_assignments": [
-        ("5", r"\boxed{x=5}", True),
-        ("x=5", r"\boxed{5}", True),
-        ("y=2x+1", r"\boxed{y = 1 + 2x}", True),
-        ("5", r"\boxed{x=6}", False),
-    ],
-    "text_answers": [
-        (
-            "\\text{a necessary but not a sufficient condition}",
-            r"\boxed{\text{a necessary but not a sufficient condition}}",
-            True,
-        ),
-        ("A", r"The answer is \boxed{A}", True),
-        ("A", r"The answer is \boxed{B}", False),
-    ],
-    "extraction_formats": [
-        ("18", "Janet makes 9 * 2 = 18 dollars.\n#### 18", True),
-        ("42", "Final Answer: The final answer is $42$. I hope it is correct.", True),
-        ("42", "The answer is 42.", True),
-        ("42", "First 40, then adding 2 we get 42", True),  # last number, gold numeric
-        ("42", r"\boxed 42", True),
-        ("\\frac{1}{2}", r"The final answer is $\frac{1}{2}$.", True),
-    ],
-    "false_positive_traps": [
-        (
-            "5",
-            r"We found 5 earlier, but the answer is \boxed{6}.",
-            False,
-        ),  # a different number inside the box
-        ("12", r"Step 1: 12 apples. Step 2: 12 + 3 = 15. \boxed{15}", False),  # only in an intermediate step
-        ("12", "Step 1: 12 apples. Step 2: 12 + 3 = 15.", False),  # unboxed: the last number is 15
-        ("7", r"So x = 7 and the answer is \boxed{}", False),  # empty box: no answer given
-        ("3", r"\boxed{3} ... wait, that is wrong: \boxed{5}", False),  # two boxes: the last one counts
-        ("5", r"\boxed{3} ... wait, that is wrong: \boxed{5}", True),
-        ("x^2", r"\boxed{x^3}", False),
-        ("1", "", False),
-        ("1", r"\boxed{1", False),  # a box that never closes
-        ("2", r"\boxed{\frac{1}{2}}", False),
-    ],
-}
+from .grading_tables import CASES, TABLES
 
 
 @pytest.mark.parametrize(
     "gold,response,expected",
-    [pytest.param(*row, id=f"{group}-{i}") for group, rows in TABLES.items() for i, row in enumerate(rows)],
+    [
+        pytest.param(g, r, e, id=f"{group}-{i}")
+        for group, rows in TABLES.items()
+        for i, (g, r, e) in enumerate(rows)
+    ],
 )
-def test_is_correct(gold, response, expected):
-    assert is_correct(response, gold) is expected
+def test_phenomenon_tables(gold, response, expected):
+    result = grade(response, gold, timeout_s=1.0 if expected is False and "\\boxed{10^" in response else 3.0)
+    assert isinstance(result, Grade) and result.correct is expected, result
+
+
+def test_tables_are_not_passed_by_string_equality():
+    """Most true rows write the gold and the answer differently: equality of strings cannot pass them."""
+    true_rows = [(g, r) for _, g, r, e in CASES if e]
+    differ = [
+        (g, r) for g, r in true_rows if re.sub(r"\s", "", extract_answer(r) or "") != re.sub(r"\s|\$", "", g)
+    ]
+    assert len(differ) >= 0.7 * len(true_rows), len(differ)
+    for group, rows in TABLES.items():
+        assert any(not e for _, _, e in rows) or group == "golds_written_like_responses", group
 
 
 EXTRACTIONS = [
     (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
     (r"\boxed{a} and then \boxed{b}", "b"),
+    (r"\boxed{a} and \boxed{b}", "a, b"),
+    (r"\boxed{a}. Then we find b = \boxed{b}", "b"),
     (r"\boxed{b} then \boxed{}", "b"),
     (r"\fbox{7}", "7"),
     (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
     ("x\n#### 1,234", "1,234"),
     ("The final answer is $x^2$. I hope it is correct.", "x^2"),
+    (r"Final Answer: The final answer is $10$. I hope it is correct. Earlier: \boxed{7}", "10"),
+    ("**Final Answer:** 42", "42"),
+    ("Final Answer: The volume is 120.", "120"),
+    ("The answer is:\n\\[\n x = 5\n\\]", "x = 5"),
+    ("We get $x = 3$ and then $y = 4$.", "y = 4"),
     ("no numbers here", None),
     ("total 12 then 15", "15"),
     (r"\boxed{}", None),
@@ -136,14 +69,35 @@ def test_numeric_fallback_only_for_numeric_gold():
     assert extract_answer("total 12", numeric_fallback=False) is None
 
 
-def test_answers_match_is_symmetric_on_plain_numbers():
-    assert answers_match("0.5", "\\frac{1}{2}") and answers_match("\\frac{1}{2}", "0.5")
+def test_answers_match_is_symmetric():
+    pairs = [
+        ("0.5", "\\frac{1}{2}"),
+        ("y=1-x", "x+y=1"),
+        ("5", "x=5"),
+        ("10\\%", "0.1"),
+        ("3, 1, 2", "1,2,3"),
+    ]
+    for a, b in pairs:
+        assert answers_match(a, b) and answers_match(b, a), (a, b)
+    for a, b in [("x=5", "y=5"), ("2x+z=1", "1"), ("(1,2)", "(2,1)")]:
+        assert not answers_match(a, b) and not answers_match(b, a), (a, b)
+
+
+def test_normalisation_keeps_structure():
+    assert (
+        normalize_answer(r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}") == r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"
+    )
+    assert normalize_answer(r"$\left[\begin{array}{rr}1 & 2\end{array}\right]$") == (
+        r"\begin{pmatrix}1 & 2\end{pmatrix}"
+    )
+    assert normalize_answer(r"11,\! 111,\! 100") == "11111100"
+    assert normalize_answer("x = 5") == "x = 5"  # an assignment is kept: the comparison decides
 
 
 def test_code_in_a_response_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     payload = f"__import__('pathlib').Path({str(marker)!r}).write_text('x')"
-    for response in (rf"\boxed{{{payload}}}", f"The answer is {payload}", payload):
+    for response in (rf"\boxed{{{payload}}}", f"The answer is {payload}", payload, f"${payload}$"):
         assert is_correct(response, "12345") is False
     assert not marker.exists()
 
@@ -151,4 +105,72 @@ def test_code_in_a_response_is_never_executed(tmp_path):
 def test_escaped_braces_inside_a_box_do_not_end_it():
     gold = r"$C(p)=\left\{\begin{array}{rll}6 p+1.5 & \text { if } & 1 \leq p \leq 5 \\ 5.5 p & \text { if } & p \geq 6\end{array}\right.$"
     assert is_correct(f"The answer is \\boxed{{{gold}}}.", gold)
-    assert extract_answer(r"\boxed{\{1\}} and \boxed{\{2, 3\}}") == r"\{2, 3\}"
+    assert extract_answer(r"\boxed{\{1\}} and \boxed{\{2, 3\}}") == r"\{1\}, \{2, 3\}"
+
+
+def test_a_grading_error_grades_incorrect_with_its_reason(monkeypatch):
+    def broken(pred, gold):
+        raise OverflowError("integer division result too large for a float")
+
+    monkeypatch.setattr(grading, "answers_match", broken)
+    result = grade(r"\boxed{4}", "4")
+    assert result == Grade("4", False, error="OverflowError: integer division result too large for a float")
+
+
+def test_time_limit_grades_a_slow_comparison_incorrect(monkeypatch):
+    import time
+
+    def slow(pred, gold):
+        time.sleep(30)
+        return True
+
+    monkeypatch.setattr(grading, "answers_match", slow)
+    result = grade(r"\boxed{4}", "4", timeout_s=0.2)
+    assert result.timed_out and not result.correct and result.extracted == "4"
+    assert grade(r"\boxed{4}", "4", timeout_s=None).correct  # no limit: the comparison finishes
+
+
+_MATRIX_BODY_RE = re.compile(
+    r"(\\begin\{(?:pmatrix|bmatrix|array)\}(?:\{[lcr]*\})?)(.*?)(\\end\{(?:pmatrix|bmatrix|array)\})", re.S
+)
+_ONE_MATRIX_RE = re.compile(
+    r"\$?\s*(?:[A-Z](?:\^\{?-1\}?)?\s*=\s*)?(?:\\left[\[(])?\s*\\begin.*\\end\{\w+\}\s*(?:\\right[\])])?\s*\$?",
+    re.S,
+)
+
+
+def _rows(body: str) -> list[str]:
+    return [r.strip() for r in body.split("\\\\") if r.strip()]
+
+
+def _reverse_rows(gold: str) -> str:
+    """``gold`` with the rows of its matrices reversed, each written as a pmatrix."""
+    flip = _MATRIX_BODY_RE.sub(
+        lambda m: r"\begin{pmatrix}" + r" \\ ".join(reversed(_rows(m.group(2)))) + r"\end{pmatrix}", gold
+    )
+    return re.sub(r"\\left\[|\\right\]", "", flip).strip("$")
+
+
+@pytest.mark.parametrize("name", ["math", "college_math"])
+def test_benchmark_matrices_keep_their_rows(name, data_dir):
+    """Every gold holding a matrix rejects itself with the rows reversed; a gold that is one numeric
+    matrix accepts itself rewritten (pmatrix, a/b as \\frac)."""
+    rejected = accepted = 0
+    for p in load(name, data_dir):
+        bodies = [m.group(2) for m in _MATRIX_BODY_RE.finditer(p.answer)]
+        unnamed = re.sub(r"^\$*\s*[A-Za-z](?:\^\{?-1\}?)?\s*=", "", p.answer)
+        if (
+            not any(len(set(_rows(b))) >= 2 for b in bodies)
+            or "\\begin{array}{rll}" in p.answer
+            or "=" in unnamed
+        ):
+            continue  # no matrix with two different rows, a piecewise function, or an equation
+        reversed_gold = _reverse_rows(p.answer)
+        assert not is_correct(f"\\boxed{{{reversed_gold}}}", p.answer), p.answer
+        rejected += 1
+        rows = _rows(bodies[0])
+        if len(bodies) == 1 and _ONE_MATRIX_RE.fullmatch(p.answer) and not re.search(r"[a-z]{2}", bodies[0]):
+            body = r" \\ ".join(re.sub(r"(-?\d+)/(\d+)", r"\\frac{\1}{\2}", r) for r in rows)
+            assert is_correct(f"\\boxed{{\\begin{{pmatrix}} {body} \\end{{pmatrix}}}}", p.answer), p.answer
+            accepted += 1
+    assert rejected >= (7 if name == "math" else 50) and accepted >= 5, (rejected, accepted)

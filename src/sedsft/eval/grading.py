@@ -1,165 +1,334 @@
 """Is a free-form math response correct? Extract its final answer, then compare it with the gold.
 
-Extraction (``extract_answer``), in order: the last non-empty ``\\boxed{}``/``\\fbox{}`` (a response
-that boxes only empty boxes has no answer); "final answer is X"; "#### X"; "answer is X"; and, as
-a last resort, the last number in the text (``is_correct`` uses it only when the gold is a number).
+``grade(response, gold) -> Grade`` (``is_correct`` is its ``.correct``). Grading never raises: an
+error or a time-out grades the response incorrect and says why in ``Grade.error``.
 
-Equivalence (``answers_match``), cheapest first: equal after normalisation (``$``, ``\\left``,
-``\\dfrac``, spacing, units, degree and percent signs, thousands separators, zero padding); both plain
-numbers -> compare as numbers; otherwise Math-Verify (LaTeX -> SymPy) decides expressions,
-intervals, sets, tuples and equations.
+1. **Gold**: a gold written like a response (boxes, or math between ``$`` with words around it, as in
+   Math-Verify's tables and a few benchmark rows) is reduced to its answer first (``gold_answer``).
+2. **Extraction**: :func:`sedsft.eval.extract.extract_answer`, in the paper's protocol order.
+3. **Normalisation** (``normalize_answer``): rewrites graders agree on that keep the structure (matrix
+   rows ``\\\\``, tuples, equations): delimiters, ``\\left``/``\\right``, ``\\dfrac``, spacing commands,
+   thousands separators (``1,000``, ``1{,}000``, ``1,\\!000``, ``1\\,000``), degree and percent signs,
+   ``\\$``, ``\\text{}`` around a whole answer, a unit after a number.
+4. **Comparison** (``answers_match``), cheapest first and the same whichever side is the gold:
+   equal strings; plain numbers (exact fractions, decimals to 1e-6 relative, ``x%`` = ``x`` = ``x/100``
+   only where a percent sign is written); ``a \\approx b`` matches what ``a`` or ``b`` matches; an
+   assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
+   equation that is no assignment never equals a value, two assignments of constants to different
+   names differ (``x = 5`` vs ``y = 5``), other pairs of equations are compared as equations; an
+   unbracketed list (``1, 2 and 3``) as an unordered multiset, item by item; anything else by
+   Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals, sets, tuples, matrices).
 
 Safety: model output is untrusted. Only Math-Verify's LaTeX parser (ANTLR) sees it, never its
-``ExprExtractionConfig``, which goes through SymPy's ``parse_expr`` (Python ``eval``). Work is
-bounded: extraction is linear in the response, an answer longer than ``MAX_ANSWER_CHARS`` or nested
-deeper than ``MAX_BRACE_DEPTH`` is not sent to SymPy, and Math-Verify's own timeouts are on when
-called in a main thread. For a hard per-response limit run the grader in ``GraderPool`` workers.
+``ExprExtractionConfig``, which goes through SymPy's ``parse_expr`` (Python ``eval``). Bounds:
+extraction is linear in the response; an answer over ``MAX_ANSWER_CHARS`` or nested deeper than
+``MAX_BRACE_DEPTH`` is compared as a string only; in a main thread the whole grade runs under a
+``timeout_s`` alarm (``signal.setitimer``). A hard limit (a SymPy call stuck in C) needs a
+:class:`sedsft.eval.grader_pool.GraderPool`, which grades in processes it can kill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import re
+import signal
 import threading
+from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
-# Math-Verify logs a warning per timeout or unparsable answer; one bad response per line would drown
-# the progress bars. Errors still show.
+from sedsft.eval.extract import MATH_SPAN_RE, boxed_answer, extract_answer
+
+__all__ = [
+    "Grade",
+    "GradingTimeout",
+    "answer_for_log",
+    "answers_match",
+    "extract_answer",
+    "gold_answer",
+    "grade",
+    "is_correct",
+    "normalize_answer",
+    "time_limit",
+]
+
+# Math-Verify logs a warning per unparsable answer (and that its own timeouts are off: ours are on).
 logging.getLogger("math_verify").setLevel(logging.ERROR)
+logger = logging.getLogger(__name__)
 
-MAX_ANSWER_CHARS = 400  # longer "answers" are compared as strings only (no SymPy)
+GRADE_TIMEOUT_S = 3.0  # default time budget of one grade, main thread only
+MAX_ANSWER_CHARS = 1_000  # longer answers are compared as strings only (no SymPy)
 MAX_BRACE_DEPTH = 12  # deeper nesting is compared as strings only
-_BOX_SCAN_CHARS = 4_000  # a box's closing brace must come within this many characters
-_TAIL_CHARS = 4_000  # phrase and last-number fallbacks look only at the end of the response
-_SYMPY_TIMEOUT_S = 1  # Math-Verify's signal timeout (whole seconds), main thread only
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
-_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])|(?<![\w.])[-+]?\.\d+")
-_PHRASES = (
-    re.compile(r"final answer is[:\s]*", re.IGNORECASE),
-    re.compile(r"####\s*"),
-    re.compile(r"answer is[:\s]*", re.IGNORECASE),
-    re.compile(r"answer:\s*", re.IGNORECASE),
-)
+MAX_LIST_ITEMS = 24  # longer unbracketed lists go to Math-Verify whole
+_NUMBER_CHARS = 400  # longer digit strings are not converted to numbers
 
 
-def _box_contents(text: str) -> list[str | None]:
-    """Contents of the boxes in ``text``, last first; None for a box that never closes."""
-    out: list[str | None] = []
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        i = m.end()
-        if i < len(text) and text[i] != "{":
-            # \boxed 5: one token without braces
-            tok = re.match(r"[^\s$.,;]+", text[i : i + 64])
-            out.append(tok.group(0) if tok else "")
-            continue
-        depth, j, end = 0, i, min(len(text), i + _BOX_SCAN_CHARS)
-        while j < end:
-            c = text[j]
-            if c == "\\":  # \{ and \} are literal braces (\left\{ ... \right.), not grouping
-                j += 2
-                continue
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            j += 1
-        out.append(text[i + 1 : j] if depth == 0 and j < end else None)
-        if len(out) >= 8:  # enough to find the last non-empty one
-            break
-    return out
+@dataclass(frozen=True)
+class Grade:
+    """One graded response: the answer found in it, the verdict, and why it is False when not by comparison."""
+
+    extracted: str | None
+    correct: bool
+    timed_out: bool = False
+    error: str | None = None  # "timed out after 3 s", "OverflowError: ...": graded incorrect because of it
 
 
-def _after_phrase(tail: str, phrase: re.Pattern) -> str | None:
-    last = None
-    for last in phrase.finditer(tail):  # noqa: B007 - the last match is the one we want
-        pass
-    if last is None:
-        return None
-    rest = tail[last.end() :].lstrip()
-    boxed = _box_contents(rest)
-    if boxed and boxed[-1]:
-        return boxed[-1]
-    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if rest.startswith(open_):
-            end = rest.find(close, len(open_))
-            if end > 0:
-                return rest[len(open_) : end].strip()
-    line = rest.split("\n", 1)[0]
-    line = re.split(r"\.\s|\.$|\bI hope\b", line, maxsplit=1)[0]
-    return line.strip().rstrip(".") or None
+# ---- time limit ----------------------------------------------------------------------------------
 
 
-def extract_answer(response: str, *, numeric_fallback: bool = True) -> str | None:
-    """The final answer written in ``response`` (see module doc for the order), or None."""
-    if not response:
-        return None
-    boxes = _box_contents(response)
-    if boxes:
-        non_empty = [b for b in boxes if b and b.strip()]
-        return non_empty[0].strip() if non_empty else None
-    tail = response[-_TAIL_CHARS:]
-    for phrase in _PHRASES:
-        found = _after_phrase(tail, phrase)
-        if found:
-            return found
-    if numeric_fallback:
-        numbers = _NUMBER_RE.findall(tail)
-        if numbers:
-            return numbers[-1]
-    return None
+class GradingTimeout(BaseException):  # BaseException: Math-Verify's `except Exception` must not swallow it
+    """Raised inside :func:`time_limit` when its time is up."""
+
+
+_armed = False
+
+
+def _on_alarm(signum, frame):
+    if _armed:
+        raise GradingTimeout
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`GradingTimeout` after ``seconds`` (main thread, no other SIGALRM user); else no limit."""
+    global _armed
+    usable = (
+        seconds is not None
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN, None, _on_alarm)
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+        and not _armed
+    )
+    if not usable:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    _armed = True
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        _armed = False  # from here on a late alarm is ignored
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ---- normalisation -------------------------------------------------------------------------------
 
-_DROP = (r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\displaystyle", "\\$", "$", r"\%", "%", "°")
-_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree")
-_TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|mbox|mathrm)\s*\{(.*)\}$")
-_UNIT_RE = re.compile(r"^(.*?\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .\^/\d]*\}(\^\{?\d\}?)?$")
-_WORD_UNIT_RE = re.compile(r"^([-+]?[\d.,]*\d)\s+[a-zA-Z]+(?:\s+[a-zA-Z]+)*\.?$")
-_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_ASSIGN_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=[^=])")
-_FRAC_RE = re.compile(r"^([-+]?)\\frac\{(\d+)\}\{(\d+)\}$|^([-+]?)(\d+)/(\d+)$")
+_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_WHOLE_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{(.*)\}", re.DOTALL)
+_THOUSANDS_MARK_RE = re.compile(
+    r"(?<=\d)\s*(?:,\s*\\[!,;]|\{,\})\s*(?=\d{3}(?!\d))|(?<=\d)\\[,!;](?=\d{3}(?!\d))"
+)
+_SPACING_RE = re.compile(r"(?<!\\)(?:\\q?quad|\\[,;: ])|~")
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)\s*\.|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])")
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ\b|\\degree\b|°")
+_PERCENT_RE = re.compile(r"\\?%|(?<=\d)\s*(?:percent|pct)\b")
+_TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|textnormal|textrm|mbox|mathrm|mathbf)\s*\{([^{}]*)\}$")
+_UNIT_RE = re.compile(
+    r"^(.*?[\d}])\s*\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .\^/\d]*\}(?:\^\{?\d\}?)?$"
+)
+_WORD_UNIT_RE = re.compile(r"^([-+]?\d[\d,.]*)\s+[a-zA-Z]+(?:\s+[a-zA-Z]+)*\.?$")
+_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?$")
+_MATRIX_RE = re.compile(r"\\(begin|end)\{(?:bmatrix|Bmatrix|matrix|array)\}(?:\{[lcr|@ ]*\})?")
+_BRACKETED_MATRIX_RE = re.compile(r"^[\[(]\s*(\\begin\{pmatrix\}.*\\end\{pmatrix\})\s*[\])]$", re.DOTALL)
+_CHOICE_RE = re.compile(r"^\(([A-E])\)$")
+_DOUBLED_SLASH_RE = re.compile(r"\\\\(?=[a-zA-Z])")
+_MEMBER_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")  # "x \in [1, 2]" states the set
+_SYNONYMS = (
+    (re.compile(r"\\(?:varnothing|O)\b|\\\{\s*\\\}"), r"\\emptyset"),
+    (re.compile(r"\\mathbb\s*\{?R\}?|\(\s*-\s*\\infty\s*,\s*\+?\s*\\infty\s*\)"), r"(-\\infty,\\infty)"),
+    (re.compile(r"\binfinity\b"), r"\\infty"),
+    (re.compile(r"\\(ne|le|ge)q\b"), r"\\\1"),
+)
+
+
+def _strip_wrappers(s: str) -> str:
+    """Remove math delimiters and a box around the whole answer, repeatedly."""
+    while True:
+        s = s.strip()
+        for a, b in _DELIMS:
+            inner = s[len(a) : -len(b)] if len(s) >= len(a) + len(b) else None
+            if inner is not None and s.startswith(a) and s.endswith(b) and a not in inner:
+                s = inner
+                break
+        else:
+            m = _WHOLE_BOX_RE.fullmatch(s)
+            if not (m and _balanced(m.group(1))):
+                return s
+            s = m.group(1)
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for c in s.replace("\\{", "").replace("\\}", ""):
+        depth += (c == "{") - (c == "}")
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def normalize_answer(text: str) -> str:
-    """A canonical string for an answer: the cheap, exact rewrites graders agree on."""
-    s = text.strip()
-    for a, b in ((r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), ("\\\\", " "), (r"\ ", " ")):
+    """A canonical string for an answer: the cheap, exact rewrites graders agree on (module doc, step 3)."""
+    s = _strip_wrappers(text.replace("\n", " "))
+    if "\\begin" not in s:
+        s = _DOUBLED_SLASH_RE.sub(r"\\", s)  # a gold escaped twice: \\frac -> \frac
+    s = _THOUSANDS_MARK_RE.sub("", s)
+    s = s.replace("\\!", "")
+    s = _SPACING_RE.sub(" ", s)
+    for a, b in ((r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\cfrac", r"\frac")):
         s = s.replace(a, b)
-    for d in _DROP:
+    s = _LEFT_RIGHT_RE.sub("", s)
+    for d in (r"\displaystyle", r"\textstyle", "\\$", "$"):
         s = s.replace(d, "")
-    s = _DEGREE_RE.sub("", s).strip()
-    s = s.rstrip(".").strip()
+    s = _DEGREE_RE.sub("", s)
+    s = _PERCENT_RE.sub("", s)
+    s = _MATRIX_RE.sub(lambda m: "\\" + m.group(1) + "{pmatrix}", s)
+    s = s.strip().rstrip(".").strip()
+    m = _BRACKETED_MATRIX_RE.match(s)
+    if m and m.group(1).count("\\begin{pmatrix}") == 1:
+        s = m.group(1)
     m = _TEXT_WRAP_RE.match(s)
-    if m and "{" not in m.group(1):
+    if m:
         s = m.group(1).strip()
     m = _UNIT_RE.match(s) or _WORD_UNIT_RE.match(s)
     if m:
         s = m.group(1).strip()
-    s = _ASSIGN_RE.sub("", s) if s.count("=") == 1 else s
+    m = _CHOICE_RE.match(s)
+    if m:
+        s = m.group(1)
+    s = _MEMBER_RE.sub("", s)
+    for pattern, repl in _SYNONYMS:
+        s = pattern.sub(repl, s)
     if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
+        s = s.replace(",", "").replace(" ", "")
     return s
 
 
-def _as_number(s: str) -> float | None:
-    """A plain number ("073", "-2.5", "1/2", "\\frac{3}{4}") as a float; None for anything else."""
+def _key(s: str) -> str:
+    k = re.sub(r"\s+", "", s)
+    return k.lower() if re.fullmatch(r"[A-Za-z ]+", s) else k  # words compare case-insensitively
+
+
+# ---- the gold ------------------------------------------------------------------------------------
+
+
+def gold_answer(gold: str) -> str:
+    """The answer a gold states: its boxes if it has any; the answer of a gold written like a response
+    (math between ``$`` with words around it, "... Final Answer: $28\\%$"); else the gold itself."""
+    g = gold.strip()
+    if re.search(r"\\(?:boxed|fbox)", g):
+        return boxed_answer(g, loose=True) or g
+    if MATH_SPAN_RE.search(g) and re.search(r"[A-Za-z0-9]", MATH_SPAN_RE.sub("", g)):
+        return extract_answer(g, numeric_fallback=False) or g
+    return g
+
+
+# ---- numbers -------------------------------------------------------------------------------------
+
+_DECIMAL_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_FRAC_RE = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}|([-+]?\d+)/([-+]?\d+)")
+
+
+def _number(s: str) -> Fraction | None:
+    """A plain number ("073", "-2.5", "1/2", "\\frac{3}{4}") exactly; None for anything else."""
     t = s.replace(" ", "")
-    if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", t):
-        return float(t)
-    m = _FRAC_RE.match(t)
+    if not t or len(t) > _NUMBER_CHARS:
+        return None
+    if _DECIMAL_RE.fullmatch(t):
+        return Fraction(t)
+    m = _FRAC_RE.fullmatch(t)
     if m:
-        sign, num, den = (
-            (m.group(1), m.group(2), m.group(3)) if m.group(2) else (m.group(4), m.group(5), m.group(6))
-        )
+        sign, num, den = m.groups()[:3] if m.group(2) else ("", *m.groups()[3:])
         if int(den) == 0:
             return None
-        return (-1 if sign == "-" else 1) * int(num) / int(den)
+        return (-1 if sign == "-" else 1) * Fraction(int(num), int(den))
     return None
+
+
+def _close(a: Fraction, b: Fraction, exact: bool) -> bool:
+    if exact:
+        return a == b
+    return abs(a - b) <= max(Fraction(1, 10**9), Fraction(1, 10**6) * max(abs(a), abs(b)))
+
+
+def _numbers_equal(p: str, g: str, pn: Fraction, gn: Fraction, percent: bool) -> bool:
+    exact = "." not in p and "." not in g
+    if _close(pn, gn, exact):
+        return True
+    return percent and (_close(pn, gn / 100, False) or _close(pn / 100, gn, False))
+
+
+# ---- structure: top-level splits, equations, lists -----------------------------------------------
+
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+def _split_top(s: str, seps: str) -> list[str]:
+    """``s`` split at the characters ``seps`` that are outside all brackets and braces."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s) and s[i + 1] in "{}":
+            depth += 1 if s[i + 1] == "{" else -1
+            i += 2
+            continue
+        if c in _OPEN:
+            depth += 1
+        elif c in _CLOSE:
+            depth = max(0, depth - 1)
+        elif depth == 0 and c in seps:
+            parts.append(s[start:i])
+            start = i + 1
+        i += 1
+    parts.append(s[start:])
+    return [p.strip() for p in parts]
+
+
+_RELATION_SIGNS_RE = re.compile(r"<=|>=|!=|==|=>|<=>")
+_CONNECTIVE_RE = re.compile(r"\\text\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])")
+_TARGET_COMMANDS_RE = re.compile(
+    r"\\(?:text|mathrm|mathbf|operatorname|overline|overrightarrow|angle|vec|hat|bar|frac|mid|vert|lvert|rvert)\b"
+)
+
+
+def _equation(s: str) -> tuple[str, str] | None:
+    """(first left side, last right side) of an equation or a chain ``a = b = c``; None if no ``=``."""
+    if "=" not in s or _RELATION_SIGNS_RE.search(s) or len(_items(s)) > 1:
+        return None  # no equation, an inequality, or a list (of equations)
+    parts = _split_top(s, "=")
+    if len(parts) < 2 or not parts[0] or not parts[-1]:
+        return None
+    return parts[0], parts[-1]
+
+
+def _is_target(lhs: str) -> bool:
+    """Whether ``lhs`` names what is assigned (x, a_1, f(x), |AB|, B^{-1}), not an expression (2x+z)."""
+    t = re.sub(r"_\{[^{}]*\}|_\w|\^\{?(?:-1|T|\\top|\\prime|\*)\}?|'", "", lhs)  # a_1, B^{-1}, A^T, f'(x)
+    t = _TARGET_COMMANDS_RE.sub("", t)
+    return len(lhs) <= 40 and bool(re.search(r"[A-Za-z]", t)) and not re.search(r"[\d+\-*^/<>!]|\\", t)
+
+
+def _is_constant(s: str) -> bool:
+    """No variables: only digits, operators and LaTeX commands (\\frac, \\sqrt, \\pi)."""
+    return not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", s))
+
+
+def _items(s: str) -> list[str]:
+    """The items of an unbracketed list "1, 2 and 3" (one item when ``s`` is not a list)."""
+    return [p for p in _split_top(_CONNECTIVE_RE.sub(",", s), ",;") if p]
+
+
+def _same_items(pred: list[str], gold: list[str], percent: bool) -> bool:
+    """Unordered: every gold item matches its own pred item."""
+    left = list(pred)
+    for g in gold:
+        hit = next((i for i, p in enumerate(left) if _match(p, g, percent)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
 
 
 def _too_complex(s: str) -> bool:
@@ -178,11 +347,6 @@ def _too_complex(s: str) -> bool:
 # ---- Math-Verify ---------------------------------------------------------------------------------
 
 
-def _timeout() -> int | None:
-    # signal.alarm works only in the main thread; elsewhere the caller bounds the time (GraderPool).
-    return _SYMPY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-
 @lru_cache(maxsize=1)
 def _latex_only_config():
     from math_verify import LatexExtractionConfig
@@ -195,41 +359,110 @@ def _latex_only_config():
 def _parse(answer: str):
     from math_verify import parse
 
-    return parse(
-        "\\boxed{" + answer + "}", extraction_config=_latex_only_config(), parsing_timeout=_timeout()
-    )
+    # No Math-Verify timeouts: its signal.alarm would cancel the one _time_limit set for the grade.
+    return parse("\\boxed{" + answer + "}", extraction_config=_latex_only_config(), parsing_timeout=None)
 
 
-def _sympy_match(gold: str, pred: str) -> bool:
+def _math_verify(gold: str, pred: str) -> bool:
     from math_verify import verify
-    from math_verify.errors import TimeoutException
 
-    try:
-        g, p = _parse(gold), _parse(pred)
-        if not g or not p:
-            return False
-        return bool(verify(g, p, timeout_seconds=_timeout()))
-    except (Exception, TimeoutException):  # any failure to decide is "not shown equal"
+    if _too_complex(gold) or _too_complex(pred):
         return False
+    g, p = _parse(gold), _parse(pred)
+    return bool(g and p and verify(g, p, timeout_seconds=None))
+
+
+# ---- comparison ----------------------------------------------------------------------------------
+
+
+def _match(p: str, g: str, percent: bool) -> bool:
+    """Whether normalised answers ``p`` and ``g`` are equal (module doc, step 4)."""
+    if not p or not g:
+        return False
+    if _key(p) == _key(g):
+        return True
+    pn, gn = _number(p), _number(g)
+    if pn is not None and gn is not None:
+        return _numbers_equal(p, g, pn, gn, percent)
+    for side, other, side_is_pred in ((p, g, True), (g, p, False)):
+        parts = [x.strip() for x in side.split("\\approx") if x.strip()] if "\\approx" in side else []
+        if parts:  # "1/3 \approx 0.33": what either side of the approximation matches
+            return any(
+                _match(x, other, percent) if side_is_pred else _match(other, x, percent) for x in parts
+            )
+    pe, ge = _equation(p), _equation(g)
+    if pe and ge:
+        (pl, pr), (gl, gr) = pe, ge
+        if _is_target(pl) and _is_target(gl) and _is_constant(pr) and _is_constant(gr):
+            return _key(pl) == _key(gl) and _match(pr, gr, percent)  # x = 5 vs y = 5 differ
+        return _math_verify(g, p)
+    if pe or ge:  # one equation, one value
+        (lhs, rhs), value = (pe, g) if pe else (ge, p)
+        if not (_is_target(lhs) or (_is_constant(lhs) and _is_constant(rhs))):
+            return False  # "2x + z = 1" is no value
+        return _match(rhs, value, percent) if pe else _match(value, rhs, percent)
+    pi, gi = _items(p), _items(g)
+    if 1 < len(gi) <= MAX_LIST_ITEMS and len(pi) == len(gi):
+        return _same_items(pi, gi, percent)
+    if (pn is not None and re.fullmatch(r"[A-Za-z ]+", g)) or (
+        gn is not None and re.fullmatch(r"[A-Za-z ]+", p)
+    ):
+        return False  # a number is never a word
+    return _math_verify(g, p)
+
+
+_DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d\d+")  # "1,22" (a list "1,2" has a one-digit item)
 
 
 def answers_match(pred: str, gold: str) -> bool:
     """Whether the extracted answer ``pred`` equals ``gold`` (both answer strings, not responses)."""
+    percent = any("%" in x or "percent" in x or "pct" in x for x in (pred, gold))
     p, g = normalize_answer(pred), normalize_answer(gold)
-    if not p or not g:
-        return False
-    if p.replace(" ", "") == g.replace(" ", ""):
-        return True
-    pn, gn = _as_number(p), _as_number(g)
-    if pn is not None and gn is not None:
-        return math.isclose(pn, gn, rel_tol=1e-6, abs_tol=1e-9)
-    if _too_complex(p) or _too_complex(g):
-        return False
-    return _sympy_match(g, p)
+    for a, b in ((p, g), (g, p)):  # "1,22" written with a decimal comma against "1.22"
+        if _DECIMAL_COMMA_RE.fullmatch(a) and "." in b and _number(b) is not None:
+            return _close(Fraction(a.replace(",", ".")), _number(b), False)
+    return _match(p, g, percent)
+
+
+# ---- grading -------------------------------------------------------------------------------------
+
+_logged_errors: set[str] = set()
+
+
+def _extract_for(response: str, gold_ans: str) -> str | None:
+    # A bare number in the response may be the answer only when the gold is a number.
+    g = normalize_answer(gold_ans)
+    numeric = _number(g) is not None or _DECIMAL_COMMA_RE.fullmatch(g) is not None
+    return extract_answer(response, numeric_fallback=numeric)
+
+
+def answer_for_log(response: str, gold: str) -> str | None:
+    """The answer :func:`grade` finds in ``response`` for this ``gold`` (None on any error: display only)."""
+    try:
+        return _extract_for(response, gold_answer(gold))
+    except Exception:
+        return None
+
+
+def grade(response: str, gold: str, *, timeout_s: float | None = GRADE_TIMEOUT_S) -> Grade:
+    """Grade ``response`` (free-form model output) against ``gold``; never raises (module doc)."""
+    extracted = None
+    try:
+        with time_limit(timeout_s):
+            g = gold_answer(gold)
+            extracted = _extract_for(response, g)
+            correct = extracted is not None and answers_match(extracted, g)
+        return Grade(extracted, bool(correct))
+    except GradingTimeout:
+        return Grade(extracted, False, timed_out=True, error=f"timed out after {timeout_s:g} s")
+    except Exception as e:  # grading never ends a run: the reason goes into the record
+        reason = f"{type(e).__name__}: {str(e)[:200]}"
+        if type(e).__name__ not in _logged_errors:
+            _logged_errors.add(type(e).__name__)
+            logger.warning("grading failed (%s); the response is graded incorrect", reason, exc_info=True)
+        return Grade(extracted, False, error=reason)
 
 
 def is_correct(response: str, gold: str) -> bool:
     """Whether ``response`` (free-form model output) ends with an answer equal to ``gold``."""
-    numeric_gold = _as_number(normalize_answer(gold)) is not None
-    answer = extract_answer(response, numeric_fallback=numeric_gold)
-    return answer is not None and answers_match(answer, gold)
+    return grade(response, gold).correct

@@ -1,0 +1,234 @@
+"""Find the final answer written in a free-form math response (or in a gold written like one).
+
+Order, following the paper's protocol (Qwen2.5-Math's parser) with Math-Verify's fallbacks:
+
+1. Minerva's sentence ``final answer is $X$. I hope it is correct.`` (checked before boxes, as Qwen does);
+2. the last non-empty ``\\boxed{}`` / ``\\fbox{}``, joined with the boxes just before it when only
+   connectors separate them (``\\boxed{1} and \\boxed{2}``, ``\\boxed{a}, \\boxed{b}``);
+3. the last answer phrase (``final answer is``, ``the answer is``, ``Answer:``, ``**Final Answer:**``,
+   ``####``), reduced to its math: ``The volume is $120$.`` and ``The volume is 120.`` give ``120``;
+4. whichever ends later: the last math span or bare ``\\frac{a}{b}`` (``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]``, joined with
+   the spans just before it by ``,``/``and``/``or``) or, with ``numeric_fallback``, the last number.
+
+Work is linear in the text: boxes must close within ``BOX_SCAN_CHARS``, and steps 1, 3 and 4 read
+only the last ``TAIL_CHARS`` characters. Nothing here evaluates anything.
+"""
+
+from __future__ import annotations
+
+import re
+
+BOX_SCAN_CHARS = 4_000  # a box's closing brace must come within this many characters
+TAIL_CHARS = 4_000  # phrases and fallbacks look only at the end of the text
+_MAX_BOXES = 16  # boxes looked at, last first
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+_MINERVA_RE = re.compile(r"final answer is\s*\$(?P<x>(?:\\\$|[^$])+?)\$\s*\.?\s*I hope", re.IGNORECASE)
+_PHRASE_RE = re.compile(
+    r"final\s+answer\s*(?:\*\*)?\s*(?:is\b|:)|\banswer\s*(?:\*\*)?\s*(?:is\b|:)|\*\*final answer\*\*|####",
+    re.IGNORECASE,
+)
+# Math spans; inline ones stay on one line (Math-Verify's rule), display ones may span lines.
+MATH_SPAN_RE = re.compile(
+    r"(?<!\\)\$\$(?P<dd>.+?)(?<!\\)\$\$"
+    r"|\\\[(?P<db>.+?)\\\]"
+    r"|\\\((?P<ip>[^\n]+?)\\\)"
+    r"|(?<![\\$])\$(?P<id>(?:\\\$|[^$\n])+?)(?<!\\)\$",
+    re.DOTALL,
+)
+_MATH_OPEN_RE = re.compile(r"\$|\\\(|\\\[")
+# Numbers: thousands groups, decimal comma with two decimals ("2,74"), decimals, a/b, .5
+_NUMBER_RE = re.compile(
+    r"(?<![\w./])-?(?:[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|[1-9]\d{0,2}(?: \d{3})+(?!\d)(?:\.\d+)?"
+    r"|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)(?![\d/])"
+)
+# A fraction of two numbers written without $ (Math-Verify's bare \frac rule)
+_BARE_FRAC_RE = re.compile(r"-?\\[dtc]?frac\{-?\d+(?:\.\d+)?\}\{-?\d+(?:\.\d+)?\}")
+# What may stand between parts of one answer: spaces, commas, "and", "or", \quad, $, \( \)...
+_CONNECTOR_RE = re.compile(
+    r"(?:\s|[,;&~]|\$|\\[()\[\],;: !]|\\q?quad\b|\\text\s*\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b)*",
+    re.IGNORECASE,
+)
+_VERB_RE = re.compile(r"\b(?:is|are|was|were|equals|be)\b", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\bI hope\b")
+
+
+def _is_connector(gap: str) -> bool:
+    return _CONNECTOR_RE.fullmatch(gap) is not None
+
+
+# ---- boxes -----------------------------------------------------------------------------------------
+
+
+def _boxes(text: str) -> list[tuple[int, int, str | None]]:
+    """(start, end, content) of the boxes in ``text``, last first; content None for a box that never closes."""
+    out: list[tuple[int, int, str | None]] = []
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        i = m.end()
+        if i < len(text) and text[i] != "{":  # \boxed 5: one token without braces
+            tok = re.match(r"[^\s$.,;]+", text[i : i + 64])
+            out.append((m.start(), i + (tok.end() if tok else 0), tok.group(0) if tok else ""))
+        else:
+            depth, j, end = 0, i, min(len(text), i + BOX_SCAN_CHARS)
+            while j < end:
+                c = text[j]
+                if c == "\\":  # \{ and \} are literal braces (\left\{ ... \right.), not grouping
+                    j += 2
+                    continue
+                if c == "{":
+                    depth += 1
+                elif c == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            closed = depth == 0 and j < end
+            out.append((m.start(), j + 1, text[i + 1 : j] if closed else None))
+        if len(out) >= _MAX_BOXES:
+            break
+    return out
+
+
+def _loosely_joined(gap: str) -> bool:
+    # Math-Verify's rule for the boxes of a gold: close together, or near with a separator between
+    return len(gap) < 10 or (len(gap) < 70 and re.search(r"\b(?:and|or)\b|[,;]", gap) is not None)
+
+
+def boxed_answer(text: str, *, loose: bool = False) -> str | None:
+    """The last non-empty box, joined with the boxes right before it that only connectors separate
+    (``loose``: Math-Verify's looser rule, for golds that box each part)."""
+    boxes = [(s, e, c.strip()) for s, e, c in _boxes(text) if c is not None and c.strip()]
+    if not boxes:
+        return None
+    start, _, content = boxes[0]
+    parts = [content]
+    for s, e, c in boxes[1:]:
+        if not (_loosely_joined if loose else _is_connector)(text[e:start]):
+            break
+        if c != parts[0]:
+            parts.insert(0, c)
+        start = s
+    return ", ".join(parts)
+
+
+# ---- math spans --------------------------------------------------------------------------------------
+
+
+def _span_content(m: re.Match) -> str:
+    return next(v for v in m.groupdict().values() if v is not None).strip()
+
+
+def _last_math_run(text: str) -> tuple[int, str] | None:
+    """(end, content) of the last math span, joined with the spans before it that connectors separate."""
+    spans = list(MATH_SPAN_RE.finditer(text))
+    if not spans:
+        return None
+    last = spans[-1]
+    parts, start = [_span_content(last)], last.start()
+    for m in reversed(spans[:-1]):
+        if not _is_connector(text[m.end() : start]):
+            break
+        parts.insert(0, _span_content(m))
+        start = m.start()
+    parts = [p for p in parts if p]
+    return (last.end(), ", ".join(parts)) if parts else None
+
+
+def _first_math_run(text: str) -> str | None:
+    """The math run that opens ``text`` (it starts with $, \\( or \\[), joined like _last_math_run."""
+    spans = []
+    pos = 0
+    for m in MATH_SPAN_RE.finditer(text):
+        if m.start() != pos and not (spans and _is_connector(text[pos : m.start()])):
+            break
+        spans.append(_span_content(m))
+        pos = m.end()
+    parts = [p for p in spans if p]
+    return ", ".join(parts) if parts else None
+
+
+# ---- phrases -----------------------------------------------------------------------------------------
+
+
+def _outside_math(line: str) -> list[tuple[int, int]]:
+    """(start, end) of the stretches of ``line`` outside math spans."""
+    out, pos = [], 0
+    for m in MATH_SPAN_RE.finditer(line):
+        out.append((pos, m.start()))
+        pos = m.end()
+    out.append((pos, len(line)))
+    return out
+
+
+def _reduce_phrase(rest: str, numeric: bool) -> str | None:
+    """The answer in the text that follows an answer phrase."""
+    rest = rest.lstrip(" \t*:")
+    if rest.startswith("\n"):
+        rest = rest.lstrip()
+    if _MATH_OPEN_RE.match(rest):
+        run = _first_math_run(rest)
+        if run:
+            return run
+    line = rest.split("\n", 1)[0]
+    outside = _outside_math(line)
+    for a, b in outside:  # the sentence ends at the first ". " or "I hope" outside math
+        m = _SENTENCE_END_RE.search(line, a, b)
+        if m:
+            line = line[: m.start()]
+            break
+    line = line.strip().strip("*").strip()
+    verbs = [m for a, b in _outside_math(line) for m in _VERB_RE.finditer(line, a, b)]
+    if verbs:  # "The volume of $V$ is 120" -> "120"
+        line = line[verbs[-1].end() :].strip()
+    run = _first_math_run(line) if _MATH_OPEN_RE.match(line) else None
+    if run is None and MATH_SPAN_RE.search(line):
+        found = _last_math_run(line)
+        run = found[1] if found else None
+    answer = run or line.strip().rstrip(".").strip()
+    if numeric and answer and not _NUMBER_RE.fullmatch(answer) and "\\" not in answer:
+        numbers = _NUMBER_RE.findall(answer)  # "Jane started growing 3 hours ago" -> "3"
+        if numbers:
+            answer = numbers[-1]
+    return answer or None
+
+
+def _phrase_answer(tail: str, numeric: bool) -> str | None:
+    for m in reversed(list(_PHRASE_RE.finditer(tail))):
+        found = _reduce_phrase(tail[m.end() :], numeric)
+        if found:
+            return found
+    return None
+
+
+# ---- the answer ------------------------------------------------------------------------------------
+
+
+def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:
+    """The final answer written in ``text`` (module doc for the order), or None when it gives none.
+
+    ``numeric_fallback``: the gold is a number, so a bare number in the text may be the answer.
+    """
+    numeric = numeric_fallback
+    if not text:
+        return None
+    tail = text[-TAIL_CHARS:]
+    minerva = list(_MINERVA_RE.finditer(tail))
+    if minerva:
+        return minerva[-1].group("x").strip()
+    if _BOX_RE.search(text):
+        return boxed_answer(text)  # a response whose only boxes are empty gives no answer
+    found = _phrase_answer(tail, numeric)
+    if found:
+        return found
+    candidates = []
+    run = _last_math_run(tail)
+    if run:
+        candidates.append(run)
+    fracs = list(_BARE_FRAC_RE.finditer(tail))
+    if fracs:
+        candidates.append((fracs[-1].end(), fracs[-1].group(0)))
+    if numeric:
+        numbers = list(_NUMBER_RE.finditer(tail))
+        if numbers:
+            candidates.append((numbers[-1].end(), numbers[-1].group(0)))
+    return max(candidates)[1] if candidates else None
