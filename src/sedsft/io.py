@@ -33,8 +33,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) so that readers see either the old file or the whole new one."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` (UTF-8) so that readers see either the old file or the whole new one.
+
+    Text UTF-8 cannot encode (a lone surrogate from a model's output) is written as its escape
+    (``\\udc80``), never lost; in a JSON string that escape reads back as the same character."""
+    return atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
@@ -103,7 +106,7 @@ class JsonlLog:
         lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
         if not lines:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:  # as atomic_write_text
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())

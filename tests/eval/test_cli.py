@@ -106,7 +106,7 @@ def test_responses_file_without_gold_is_a_user_error(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"response": "4"}) + "\n")
     assert main(["eval", "--responses", str(path)]) == 2
-    assert "needs a 'response' string and a 'gold'" in capsys.readouterr().err
+    assert "r.jsonl:1: needs a 'response' string and a non-empty 'gold'" in capsys.readouterr().err
 
 
 def _eval_argv(model, data_dir, out, *extra):

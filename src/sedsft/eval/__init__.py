@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-from sedsft.eval.benchmarks import BENCHMARKS, Problem, load
-from sedsft.eval.grader_pool import Grade, GraderPool
-from sedsft.eval.grading import answers_match, extract_answer, is_correct
+from sedsft.eval.benchmarks import BENCHMARKS, DATA_DEFECTS, Problem, load, normalize_gold
+from sedsft.eval.grader_pool import GraderPool, InProcessGrader, open_grader
+from sedsft.eval.grading import Grade, answers_match, extract_answer, grade, is_correct
 
 _LAZY = {
     "SamplingConfig": "sedsft.eval.generation",
@@ -19,19 +19,26 @@ _LAZY = {
     "VLLMBackend": "sedsft.eval.generation",
     "PAPER_PROTOCOL": "sedsft.eval.protocol",
     "evaluate": "sedsft.eval.runner",
+    "grade_responses": "sedsft.eval.responses",
+    "read_responses": "sedsft.eval.responses",
     "EvalResult": "sedsft.eval.runner",
     "BenchmarkMetrics": "sedsft.eval.metrics",
 }
 
 __all__ = [
     "BENCHMARKS",
+    "DATA_DEFECTS",
     "Grade",
     "GraderPool",
+    "InProcessGrader",
     "Problem",
     "answers_match",
     "extract_answer",
+    "grade",
     "is_correct",
     "load",
+    "normalize_gold",
+    "open_grader",
     *_LAZY,
 ]
 

@@ -10,7 +10,6 @@ another model, other benchmarks or other sampling options are refused there unle
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from sedsft.cli_parse import (
     system_prompt_value,
 )
 from sedsft.errors import UserError, check_choice, check_count
-from sedsft.io import atomic_write_json, atomic_write_text, read_jsonl_records
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 SAMPLING_OVERRIDES = ("n", "temperature", "top_p", "max_new_tokens")
@@ -171,73 +169,25 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     return 0
 
 
-def read_responses(path: str | Path) -> dict[str, list[dict]]:
-    """Records of a responses file, grouped by benchmark, with problem_id and sample_index filled in."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--responses {path} not found")
-    by_bench: dict[str, list[dict]] = {}
-    counts: dict[tuple[str, str], int] = {}
-    for i, r in enumerate(read_jsonl_records(path)):
-        gold = r.get("gold", r.get("answer"))
-        if not isinstance(r.get("response"), str) or gold is None:
-            raise UserError(
-                f"{path} record {i + 1}: needs a 'response' string and a 'gold' (or 'answer') field"
-            )
-        bench = str(r.get("benchmark", "responses"))
-        pid = str(r.get("problem_id", r.get("id", i)))
-        idx = int(r.get("sample_index", counts.get((bench, pid), 0)))
-        counts[(bench, pid)] = idx + 1
-        by_bench.setdefault(bench, []).append(
-            {**r, "benchmark": bench, "problem_id": pid, "sample_index": idx, "gold": str(gold)}
-        )
-    if not by_bench:
-        raise UserError(f"--responses {path} has no records")
-    return by_bench
-
-
 def _grade_responses(args, grading, run_options) -> int:
-    from statistics import fmean
-
-    from sedsft.eval.grader_pool import GraderPool, grade_one
-    from sedsft.eval.metrics import benchmark_metrics
-    from sedsft.eval.runner import markdown_table
+    from sedsft.eval.responses import grade_responses, read_responses
     from sedsft.runs import RunSpec, open_run, settings_of
 
-    by_bench = read_responses(args.responses)
+    by_bench = read_responses(args.responses)  # a broken file is refused before any folder is touched
     run = None
     if args.output_dir:
         spec = RunSpec(
             "eval --responses", settings=settings_of(grading), inputs={"responses": args.responses}
         )
         run = open_run(args.output_dir, spec, overwrite=run_options.overwrite)
-    flat = [r for rs in by_bench.values() for r in rs]
-    tasks = [(r["response"], r["gold"]) for r in flat]
-    if grading.grading_workers > 0:
-        with GraderPool(workers=grading.grading_workers, timeout_s=grading.grading_timeout) as pool:
-            grades = pool.grade(tasks)
-    else:
-        grades = [grade_one(*t) for t in tasks]
-    for r, g in zip(flat, grades):
-        r.update(extracted_answer=g.extracted, correct=g.correct, grading_timed_out=g.timed_out)
-    metrics = {b: benchmark_metrics(b, rs) for b, rs in by_bench.items()}
-    run_name = args.run_name or Path(args.responses).stem
-    markdown = markdown_table(metrics, run_name=run_name)
+    result = grade_responses(
+        by_bench,
+        workers=grading.grading_workers,
+        timeout_s=grading.grading_timeout,
+        output_dir=run.path if run is not None else None,
+        run_name=args.run_name or Path(args.responses).stem,
+    )
     if run is not None:
-        out = run.path
-        atomic_write_text(
-            out / "graded.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in flat)
-        )
-        average = fmean(m.accuracy for m in metrics.values())
-        atomic_write_json(
-            out / "metrics.json",
-            {
-                "run_name": run_name,
-                "average": average,
-                "benchmarks": {b: m.to_dict() for b, m in metrics.items()},
-            },
-        )
-        atomic_write_text(out / "results.md", markdown)
         run.mark_finished()
-    print(markdown)
+    print(result.markdown)
     return 0

@@ -22,7 +22,7 @@ from statistics import fmean
 from sedsft.errors import UserError
 from sedsft.eval.benchmarks import Problem
 from sedsft.eval.generation import Backend, SamplingConfig
-from sedsft.eval.grader_pool import Grader, GraderPool, grade_one
+from sedsft.eval.grader_pool import Grader, check_grading_settings, open_grader
 from sedsft.eval.metrics import BenchmarkMetrics, benchmark_metrics
 from sedsft.eval.protocol import resolve_sampling
 from sedsft.io import JsonlLog, atomic_write_json, atomic_write_text
@@ -158,7 +158,9 @@ def evaluate(
     protocol (benchmark names must then be the paper's). ``graders`` maps a benchmark to a
     ``(response, gold) -> bool`` function (default :func:`sedsft.eval.grading.is_correct`).
     ``grading_workers`` > 0 grades in that many processes with a hard ``grading_timeout_s`` per
-    response (graders must then be module-level functions); 0 grades in this process.
+    response (graders must then be module-level functions); 0 grades in this process (under the
+    same limit in a main thread). A grading error or time-out grades that sample incorrect and is
+    recorded in its ``grading_error`` field; the run goes on.
     ``backend`` may be None only when every sample is already in ``output_dir``. ``output_dir`` is a
     run folder (:mod:`sedsft.runs`, spec from :func:`run_spec`; ``run`` adds the caller's settings and
     inputs, e.g. the model): the same run resumes, another is refused unless ``overwrite``.
@@ -169,6 +171,7 @@ def evaluate(
     configs = sampling_configs(names, sampling)
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    check_grading_settings(workers=grading_workers, timeout_s=grading_timeout_s)
     tokenizer = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
     if tokenizer is None:
         raise UserError("evaluate needs a tokenizer (to render prompts); pass tokenizer=")
@@ -191,9 +194,8 @@ def evaluate(
         for r in log.records():
             done[(r["benchmark"], str(r["problem_id"]), int(r["sample_index"]))] = r
 
-    pool = GraderPool(workers=grading_workers, timeout_s=grading_timeout_s) if grading_workers > 0 else None
     records: dict[str, list[dict]] = {}
-    try:
+    with open_grader(workers=grading_workers, timeout_s=grading_timeout_s) as pool:
         for name in names:
             problems, cfg = problems_by_benchmark[name], configs[name]
             ids = [str(p.id) for p in problems]
@@ -220,9 +222,6 @@ def evaluate(
                 records[name] += [done[k] for row in keys for k in row]
                 bar.update(len(batch))
             bar.close()
-    finally:
-        if pool is not None:
-            pool.close()
 
     metrics = {n: benchmark_metrics(n, records[n]) for n in names if records[n]}
     average = fmean(m.accuracy for m in metrics.values()) if metrics else 0.0
@@ -244,7 +243,7 @@ def _generate_batch(backend, name, batch, prompts, hashes, keys, cfg, grader, po
     ]
     todo = [t for t in todo if t[2] not in done]  # a partly logged batch: keep the logged samples
     tasks = [(s.text, p.answer) for p, _, _, s in todo]
-    grades = pool.grade(tasks, grader=grader) if pool is not None else [grade_one(*t, grader) for t in tasks]
+    grades = pool.grade(tasks, grader=grader)
     new = []
     for (p, h, k, s), g in zip(todo, grades):
         rec = {
@@ -257,6 +256,7 @@ def _generate_batch(backend, name, batch, prompts, hashes, keys, cfg, grader, po
             "extracted_answer": g.extracted,
             "correct": g.correct,
             "grading_timed_out": g.timed_out,
+            "grading_error": g.error,
             "num_tokens": s.num_tokens,
             "mean_entropy": s.mean_entropy,
             "truncated": s.truncated,

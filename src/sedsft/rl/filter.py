@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sedsft.errors import UserError, check_count, check_number
-from sedsft.eval.grader_pool import GraderPool, grade_one
+from sedsft.eval.grader_pool import GraderPool, InProcessGrader
 from sedsft.io import JsonlLog
 from sedsft.rl.prompts import RLPrompt
 
@@ -123,7 +123,7 @@ def filter_prompts(
     *,
     config: FilterConfig = FilterConfig(),
     grader: Grader | None = None,
-    pool: GraderPool | None = None,
+    pool: GraderPool | InProcessGrader | None = None,
     log_path: str | Path | None = None,
     progress: bool = False,
 ) -> FilterResult:
@@ -173,10 +173,7 @@ def filter_prompts(
             j for j, i in enumerate(batch) if keys[i] not in rates
         ]  # a torn batch keeps its logged part
         tasks = [(s.text, prompts[batch[j]].answer) for j in missing for s in samples[j]]
-        if pool is not None:
-            grades = pool.grade(tasks, grader=grader)
-        else:
-            grades = [grade_one(response, gold, grader) for response, gold in tasks]
+        grades = (pool or InProcessGrader()).grade(tasks, grader=grader)
         records = []
         for m, j in enumerate(missing):
             i = batch[j]

@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
     )
     from sedsft.data import load_records
     from sedsft.eval.generation import backend_from_options
-    from sedsft.eval.grader_pool import GraderPool
+    from sedsft.eval.grader_pool import open_grader
     from sedsft.rl.filter import filter_prompts
     from sedsft.rl.prompts import rl_prompts_from_records
     from sedsft.rl.verl import to_verl_rows, write_verl_parquet
@@ -128,13 +128,10 @@ def main(argv: list[str]) -> int:
 
     backend = backend_from_options(model, backend_options, batch_size=args.batch_size)
     log_path = out_dir / "solve_rates.jsonl"
-    if grading.grading_workers > 0:
-        with GraderPool(workers=grading.grading_workers, timeout_s=grading.grading_timeout) as pool:
-            result = filter_prompts(
-                prompts, backend, config=config, pool=pool, log_path=log_path, progress=args.progress
-            )
-    else:
-        result = filter_prompts(prompts, backend, config=config, log_path=log_path, progress=args.progress)
+    with open_grader(workers=grading.grading_workers, timeout_s=grading.grading_timeout) as pool:
+        result = filter_prompts(
+            prompts, backend, config=config, pool=pool, log_path=log_path, progress=args.progress
+        )
 
     if not result.kept:
         kept_path = None

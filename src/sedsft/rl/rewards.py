@@ -1,29 +1,44 @@
 """The verifiable math reward for GRPO: 1.0 when the completion's final answer equals the gold, else 0.0.
 
-It is the evaluation's grader (``sedsft.eval.grading.is_correct``: same answer extraction, same
-equivalence, same Math-Verify timeouts), in TRL's reward-function signature::
+It is the evaluation's grader (``sedsft.eval.grading.grade``: same answer extraction, same
+equivalence, same time limit), in TRL's reward-function signature::
 
     math_reward(completions, answer=[...]) -> [1.0, 0.0, None, ...]
 
 TRL passes every dataset column as a keyword list with one entry per completion. The gold is read
 from the first column present among ``answer``, ``ground_truth``, ``solution`` and verl's
-``reward_model`` (``{"ground_truth": ...}``); a ``solution`` that is a worked solution is reduced to
-its boxed answer. A row with no gold gets ``None``, which TRL treats as "not scored" (no advantage).
+``reward_model`` (``{"ground_truth": ...}``) by ``sedsft.eval.benchmarks.normalize_gold`` (a
+``solution`` that is a worked solution is reduced to its boxed answer). A row with no gold gets
+``None``, which TRL treats as "not scored" (no advantage). A grading error or time-out never stops
+training: that completion gets 0.0 and a warning is logged.
 
 Completions may be strings or conversational message lists (the text of the assistant turns is
 graded). Model output is only parsed, never executed (see ``sedsft.eval.grading``).
 
-Time bound: in the trainer's main thread Math-Verify's own 1 s SymPy timeout applies. For a hard
-per-response limit (a SymPy call that never returns), :class:`PooledMathReward` grades in
-``GraderPool`` worker processes with the evaluation's timeout.
+Time bound: in the trainer's main thread each grade runs under the grader's alarm (3 s). For a hard
+per-response limit (a SymPy call stuck in C), :class:`PooledMathReward` grades in ``GraderPool``
+worker processes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sedsft.eval.grading import extract_answer, is_correct
+from sedsft.eval.benchmarks import normalize_gold
+from sedsft.eval.grading import Grade, grade
+
+__all__ = [
+    "GOLD_COLUMNS",
+    "PooledMathReward",
+    "completion_text",
+    "gold_answers",
+    "math_reward",
+    "normalize_gold",
+    "reward_of",
+]
+logger = logging.getLogger(__name__)
 
 # Dataset columns that can carry the gold, in the order they are tried.
 GOLD_COLUMNS: tuple[str, ...] = ("answer", "ground_truth", "solution", "reward_model")
@@ -50,42 +65,6 @@ def completion_text(completion: Any) -> str:
     return "\n".join(parts)
 
 
-def normalize_gold(value: Any, *, column: str = "answer") -> str | None:
-    """The gold answer string from a column value, or None when there is none.
-
-    ``reward_model`` dicts give their ``ground_truth``; a ``solution`` column (a worked solution)
-    gives its last boxed answer, or the whole text when it has no box (then it is the answer itself);
-    an ``answer`` in GSM8K style ("... #### 72") gives what follows ``####``. Floats that are whole
-    numbers print as integers (27.0 -> "27"), lists are joined with ", ".
-    """
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return normalize_gold(value.get("ground_truth"), column="ground_truth")
-    if isinstance(value, float):
-        if value != value:  # NaN: a missing cell in a pandas-made file
-            return None
-        return str(int(value)) if value.is_integer() else str(value)
-    if isinstance(value, int | bool):
-        return str(value)
-    if not isinstance(value, str):
-        if hasattr(value, "tolist"):  # numpy arrays from Parquet
-            value = value.tolist()
-        if isinstance(value, list | tuple):
-            items = [normalize_gold(v, column=column) for v in value]
-            items = [v for v in items if v]
-            return ", ".join(items) or None
-        value = str(value)
-    text = value.strip()
-    if not text:
-        return None
-    if column == "solution" and ("\\boxed" in text or "\\fbox" in text):
-        return extract_answer(text, numeric_fallback=False)
-    if column in ("answer", "solution") and "####" in text:
-        return text.rsplit("####", 1)[-1].strip().replace(",", "") or None
-    return text
-
-
 def gold_answers(num: int, kwargs: dict[str, Any]) -> list[str | None]:
     """One gold (or None) per completion, from the first gold column present in TRL's ``kwargs``."""
     for column in GOLD_COLUMNS:
@@ -100,11 +79,18 @@ def gold_answers(num: int, kwargs: dict[str, Any]) -> list[str | None]:
     return [None] * num
 
 
+def reward_of(g: Grade) -> float:
+    """1.0 for a correct grade, else 0.0; a grading error or time-out is logged (the run goes on)."""
+    if g.error:
+        logger.warning("math_reward: graded 0.0 because %s (extracted answer %.80r)", g.error, g.extracted)
+    return 1.0 if g.correct else 0.0
+
+
 def math_reward(completions: list, **kwargs) -> list[float | None]:
-    """1.0 / 0.0 per completion by ``sedsft.eval.grading.is_correct``; None where the gold is missing."""
+    """1.0 / 0.0 per completion by :func:`sedsft.eval.grading.grade`; None where the gold is missing."""
     golds = gold_answers(len(completions), kwargs)
     return [
-        None if gold is None else float(is_correct(completion_text(c), gold))
+        None if gold is None else reward_of(grade(completion_text(c), gold))
         for c, gold in zip(completions, golds, strict=True)
     ]
 
@@ -127,8 +113,8 @@ class PooledMathReward:
         scored = [i for i, g in enumerate(golds) if g is not None]
         grades = self.pool.grade([(completion_text(completions[i]), golds[i]) for i in scored])
         out: list[float | None] = [None] * len(completions)
-        for i, grade in zip(scored, grades, strict=True):
-            out[i] = float(grade.correct)
+        for i, g in zip(scored, grades, strict=True):
+            out[i] = reward_of(g)
         return out
 
     def close(self) -> None:
