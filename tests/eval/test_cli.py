@@ -151,3 +151,53 @@ def test_eval_resumed_after_a_torn_batch_equals_an_uninterrupted_run(
 
     assert samples(torn) == samples(whole) and len(samples(whole)) == 12
     assert (torn / "metrics.json").read_text() == (whole / "metrics.json").read_text()
+
+
+def _write(path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_a_broken_line_in_a_responses_file_is_reported_not_dropped(tmp_path, capsys):
+    good = json.dumps({"response": r"\boxed{4}", "gold": "4"})
+    path = _write(tmp_path / "r.jsonl", [good] * 6 + ['{"response": "\\boxed{4}", "gold": '])
+    assert main(["eval", "--responses", path, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "r.jsonl:7" in err and "fix or remove" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "record,message",
+    [
+        ({"response": r"\boxed{4}", "gold": "4", "sample_index": "x"}, "sample_index"),
+        ({"response": 42, "gold": "4"}, "needs a 'response' string"),
+        ({"response": "4", "gold": None}, "non-empty 'gold'"),
+    ],
+)
+def test_bad_responses_records_name_file_line_and_field(tmp_path, capsys, record, message):
+    path = _write(tmp_path / "r.jsonl", [json.dumps({"response": "1", "gold": "1"}), json.dumps(record)])
+    assert main(["eval", "--responses", path, "--grading_workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "r.jsonl:2" in err and message in err
+
+
+def test_responses_with_lone_surrogates_are_graded_and_written(tmp_path, capsys):
+    rows = [
+        {"response": "\\boxed{4} \udc80", "gold": "4", "answer": 4},
+        {"response": "junk \udc80 no answer", "gold": 7},  # a number as the gold is fine
+    ]
+    path = _write(tmp_path / "r.jsonl", [json.dumps(r) for r in rows])  # escaped in the file: valid JSON
+    out = tmp_path / "out"
+    assert main(["eval", "--responses", path, "--output_dir", str(out), "--grading_workers", "0"]) == 0
+    assert "| r | 50.0 |" in capsys.readouterr().out
+    graded = [json.loads(line) for line in (out / "graded.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [g["response"] for g in graded] == [r["response"] for r in rows]  # the escape reads back
+    assert [g["correct"] for g in graded] == [True, False] and graded[1]["gold"] == "7"
+
+
+def test_nan_grading_timeout_is_a_one_line_error(tmp_path, capsys):
+    path = _write(tmp_path / "r.jsonl", [json.dumps({"response": "1", "gold": "1"})])
+    assert main(["eval", "--responses", path, "--grading_timeout", "nan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "finite" in err

@@ -122,3 +122,26 @@ def test_missing_sampling_for_a_benchmark_is_a_user_error(backend):
         evaluate(backend, _problems(1), sampling={"toy_a": CFG})
     with pytest.raises(UserError, match="paper protocol"):
         evaluate(backend, _problems(1))
+
+
+def _explode(response: str, gold: str) -> bool:  # module level: picklable for workers
+    raise OverflowError("integer division result too large for a float")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_grading_error_is_recorded_and_the_run_goes_on(backend, tmp_path, workers):
+    kwargs = dict(sampling=CFG, batch_size=2, graders={"toy_a": _explode}, grading_workers=workers)
+    result = evaluate(backend, _problems(2), output_dir=tmp_path, **kwargs)
+    toy_a = [r for r in result.records if r["benchmark"] == "toy_a"]
+    assert toy_a and all(not r["correct"] and r["grading_error"].startswith("OverflowError") for r in toy_a)
+    assert all(r["grading_error"] is None for r in result.records if r["benchmark"] == "toy_b")
+    assert result.metrics["toy_a"].accuracy == 0.0
+    assert "| model | 0.0 |" in (tmp_path / "results.md").read_text()  # a zero accuracy prints as 0.0
+    again = evaluate(backend, _problems(2), output_dir=tmp_path, **kwargs)  # the rerun reads it back
+    assert again.to_dict() == result.to_dict()
+
+
+def test_meaningless_grading_timeout_is_refused_before_anything_is_written(backend, tmp_path):
+    with pytest.raises(UserError, match="finite"):
+        evaluate(backend, _problems(1), sampling=CFG, output_dir=tmp_path, grading_timeout_s=float("nan"))
+    assert not any(tmp_path.iterdir())

@@ -19,7 +19,12 @@ CASES = {
     "phrases": [("The final answer is 42.", "42"), ("answer: 7", "8")],
     "numeric fallback": [("after all that we get 12", "12"), ("no number at all", "12")],
     "empty boxes": [("\\boxed{}", "3")],
-    "thousands": [("\\boxed{42,409}", "42409")],
+    "thousands": [("\\boxed{42,409}", "42409"), ("\\boxed{11,\\! 111,\\! 100}", "11111100")],
+    "matrices": [
+        ("\\boxed{\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}")
+    ],
+    "equations": [("\\boxed{y = 1 - x}", "x+y=1"), ("\\boxed{x = 5}", "y=5")],
+    "crash cases": [("\\boxed{" + "1" * 320 + "/3}", "1")],
 }
 TABLE = [(c, g) for group in CASES.values() for c, g in group]
 
@@ -105,3 +110,25 @@ def test_pooled_reward_matches_in_process():
         assert reward(completions + ["x"], answer=golds + [None]) == math_reward(
             completions, answer=golds
         ) + [None]
+
+
+def test_a_grading_error_gives_zero_and_a_warning(monkeypatch, caplog):
+    import logging
+
+    from sedsft.eval.grading import Grade
+    from sedsft.rl import rewards
+
+    monkeypatch.setattr(rewards, "grade", lambda c, g: Grade("4", False, error="OverflowError: too large"))
+    with caplog.at_level(logging.WARNING, logger="sedsft.rl.rewards"):
+        assert math_reward(["\\boxed{4}"], answer=["4"]) == [0.0]
+    assert "OverflowError: too large" in caplog.text
+
+
+def test_pathological_completions_never_raise():
+    completions = [
+        "\\boxed{" + "1" * 320 + "/3}",
+        "\\boxed{\\frac{1}{0}}",
+        "\\boxed{\udc80}",
+        "\\boxed{" * 5000,
+    ]
+    assert math_reward(completions, answer=["1"] * 4) == [0.0] * 4

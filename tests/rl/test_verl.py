@@ -83,3 +83,54 @@ def test_export_errors_are_one_line(qa_file, tmp_path, capsys):
         == 2
     )
     assert "val_fraction must be a finite number in [0, 1)" in capsys.readouterr().err
+
+
+def test_copied_reward_accepts_the_keywords_verl_passes(qa_file, tmp_path):
+    out = tmp_path / "verl"
+    assert sedsft_main(["export-verl", "--data", str(qa_file), "--output_dir", str(out)]) == 0
+    module = _load_module(out / "reward.py")
+    score = module.compute_score(
+        data_source="sedsft_math",
+        solution_str="\\boxed{\\frac{1}{2}}",
+        ground_truth="0.5",
+        extra_info={"split": "train", "index": 0},
+        sandbox_fusion_url=None,
+        concurrent_semaphore=None,
+        memory_limit_mb=1024,
+    )
+    assert score == 1.0
+
+
+def test_reward_from_a_thread_keeps_its_time_limit():
+    """verl's reward threads get no alarm: a slow SymPy comparison must still end at the limit."""
+    import threading
+    import time
+
+    from sedsft.rl.verl_reward import compute_score
+
+    def in_thread(solution: str, gold: str) -> tuple[float, float]:
+        out = {}
+
+        def run():
+            start = time.perf_counter()
+            out["score"] = compute_score("m", solution, gold, None, timeout_s=1.0, grading_workers=1)
+            out["seconds"] = time.perf_counter() - start
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(timeout=300)
+        assert not t.is_alive(), "the reward thread is stuck"
+        return out["score"], out["seconds"]
+
+    assert in_thread("\\boxed{4}", "4")[0] == 1.0  # starts the shared pool (not timed)
+    score, seconds = in_thread("\\boxed{9^{9^{9}}} hmm \\boxed{10^{10^{10}}}", "1")
+    assert score == 0.0 and seconds < 20  # 1 s limit; without one this runs for many minutes
+    assert in_thread("\\boxed{4}", "5")[0] == 0.0  # the pool still works afterwards
+
+
+def test_a_bad_reward_setting_is_a_user_error():
+    from sedsft.errors import UserError
+    from sedsft.rl.verl_reward import compute_score
+
+    with pytest.raises(UserError, match="finite"):
+        compute_score("m", "\\boxed{4}", "4", timeout_s=float("nan"))
