@@ -46,6 +46,9 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("3159", r"\boxed{3159.5}", False),
         ("11111111100", r"\boxed{11,\! 111,\! 111,\! 101}", False),
         ("1,2", r"\boxed{1.2}", False),
+        ("0.\\overline{3}", r"\boxed{\frac13}", True),
+        ("\\frac{1}{6}", r"\boxed{0.1\overline{6}}", True),
+        ("11", r"\boxed{1 1}", False),
     ],
     "units_percent_degrees": [
         ("10", r"\boxed{10\%}", True),
@@ -252,6 +255,8 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("\\{1,2,3\\}", r"\boxed{1}, \boxed{2}, \boxed{3}", True),
         ("b", r"\boxed{b} then \boxed{}", True),
         ("1", r"\boxed{1}. Checking again, x = 2, so \boxed{2}", False),
+        ("1, 4", r"The solutions are \(x = \boxed{1}\) and \(x = \boxed{4}\).", True),
+        ("3", r"So $a = \boxed{3}$ and $b = \boxed{5}$.", False),
     ],
     "golds_written_like_responses": [
         (r"$\boxed{2}, \boxed{3}, \boxed{5}$", r"\boxed{\{2, 3, 5\}}", True),
@@ -269,6 +274,7 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("1", "", False),
         ("1", r"\boxed{1", False),
         ("2", "AZYUK2A", False),
+        ("4", "so the result is 4x", False),
         ("x", "we get 2 and then x", False),
         ("(a+5)(b+2)", r"\boxed{(+5)(b+2)}", False),
     ],

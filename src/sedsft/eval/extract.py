@@ -38,9 +38,11 @@ MATH_SPAN_RE = re.compile(
 )
 _MATH_OPEN_RE = re.compile(r"\$|\\\(|\\\[")
 # Numbers: thousands groups, decimal comma with two decimals ("2,74"), decimals, a/b, .5
+# A number is not glued to letters ("4x" is an expression, "K2" a name), except a metric unit.
 _NUMBER_RE = re.compile(
     r"(?<![\w./])-?(?:[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|[1-9]\d{0,2}(?: \d{3})+(?!\d)(?:\.\d+)?"
-    r"|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)(?![\d/])"
+    r"|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
+    r"(?=[^\w/]|$|(?:[kcm]?m[²³]?|kg|mg|ml)(?![A-Za-z]))"
 )
 # A fraction of two numbers written without $ (Math-Verify's bare \frac rule)
 _BARE_FRAC_RE = re.compile(r"-?\\[dtc]?frac\{-?\d+(?:\.\d+)?\}\{-?\d+(?:\.\d+)?\}")
@@ -94,16 +96,28 @@ def _loosely_joined(gap: str) -> bool:
     return len(gap) < 10 or (len(gap) < 70 and re.search(r"\b(?:and|or)\b|[,;]", gap) is not None)
 
 
+_LABEL_RE = re.compile(r"([A-Za-z](?:_\{?\w+\}?)?)\s*=\s*$")
+
+
+def _label(text: str, start: int) -> tuple[int, str | None]:
+    """Where the "x = " right before position ``start`` begins, and its name (None without one)."""
+    m = _LABEL_RE.search(text, max(0, start - 24), start)
+    return (m.start(), m.group(1)) if m else (start, None)
+
+
 def boxed_answer(text: str, *, loose: bool = False) -> str | None:
-    """The last non-empty box, joined with the boxes right before it that only connectors separate
-    (``loose``: Math-Verify's looser rule, for golds that box each part)."""
+    """The last non-empty box, joined with the boxes right before it that only connectors separate,
+    also when each box follows the same name ("x = \\boxed{1} or x = \\boxed{4}"). ``loose``:
+    Math-Verify's looser rule, for golds that box each part."""
     boxes = [(s, e, c.strip()) for s, e, c in _boxes(text) if c is not None and c.strip()]
     if not boxes:
         return None
     start, _, content = boxes[0]
     parts = [content]
     for s, e, c in boxes[1:]:
-        if not (_loosely_joined if loose else _is_connector)(text[e:start]):
+        cut, name = _label(text, start)
+        same_name = name is not None and _label(text, s)[1] == name
+        if not (_loosely_joined if loose else _is_connector)(text[e : cut if same_name else start]):
             break
         if c != parts[0]:
             parts.insert(0, c)

@@ -135,6 +135,12 @@ _MATRIX_RE = re.compile(r"\\(begin|end)\{(?:bmatrix|Bmatrix|matrix|array)\}(?:\{
 _BRACKETED_MATRIX_RE = re.compile(r"^[\[(]\s*(\\begin\{pmatrix\}.*\\end\{pmatrix\})\s*[\])]$", re.DOTALL)
 _CHOICE_RE = re.compile(r"^\(([A-E])\)$")
 _DOUBLED_SLASH_RE = re.compile(r"\\\\(?=[a-zA-Z])")
+_MALFORMED = (  # \frac12, \frac1{2}, \frac{1}2, \sqrt3: the braces written out
+    (re.compile(r"\\frac\s*(\d)\s*(\d)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"\\frac\s*(\d)\s*(?=\{)"), r"\\frac{\1}"),
+    (re.compile(r"\\frac\s*(\{[^{}]*\})\s*(\d)"), r"\\frac\1{\2}"),
+    (re.compile(r"\\sqrt\s*(\d)"), r"\\sqrt{\1}"),
+)
 _MEMBER_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")  # "x \in [1, 2]" states the set
 _SYNONYMS = (
     (re.compile(r"\\(?:varnothing|O)\b|\\\{\s*\\\}"), r"\\emptyset"),
@@ -179,6 +185,8 @@ def normalize_answer(text: str) -> str:
     s = _SPACING_RE.sub(" ", s)
     for a, b in ((r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\cfrac", r"\frac")):
         s = s.replace(a, b)
+    for pattern, repl in _MALFORMED:
+        s = pattern.sub(repl, s)
     s = _LEFT_RIGHT_RE.sub("", s)
     for d in (r"\displaystyle", r"\textstyle", "\\$", "$"):
         s = s.replace(d, "")
@@ -207,7 +215,8 @@ def normalize_answer(text: str) -> str:
 
 
 def _key(s: str) -> str:
-    k = re.sub(r"\s+", "", s)
+    k = re.sub(r"(?<=\d)\s+(?=\d)", " ", s)  # "1 1" is not 11 (thousands groups are joined earlier)
+    k = re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", k)
     return k.lower() if re.fullmatch(r"[A-Za-z ]+", s) else k  # words compare case-insensitively
 
 
@@ -228,16 +237,25 @@ def gold_answer(gold: str) -> str:
 # ---- numbers -------------------------------------------------------------------------------------
 
 _DECIMAL_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_REPEATING_RE = re.compile(r"([-+]?)(\d*)\.(\d*)\\overline\{(\d+)\}")  # 0.1\overline{6} = 1/6
 _FRAC_RE = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}|([-+]?\d+)/([-+]?\d+)")
 
 
 def _number(s: str) -> Fraction | None:
     """A plain number ("073", "-2.5", "1/2", "\\frac{3}{4}") exactly; None for anything else."""
+    if re.search(r"\d\s+\d", s):  # "1 1" is no number (thousands groups are joined earlier)
+        return None
     t = s.replace(" ", "")
     if not t or len(t) > _NUMBER_CHARS:
         return None
     if _DECIMAL_RE.fullmatch(t):
         return Fraction(t)
+    m = _REPEATING_RE.fullmatch(t)
+    if m:
+        sign, whole, fixed, period = m.groups()
+        value = Fraction(int(whole or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed))
+        value += Fraction(int(period), (10 ** len(period) - 1) * 10 ** len(fixed))
+        return -value if sign == "-" else value
     m = _FRAC_RE.fullmatch(t)
     if m:
         sign, num, den = m.groups()[:3] if m.group(2) else ("", *m.groups()[3:])
