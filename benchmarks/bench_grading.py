@@ -6,9 +6,10 @@ Where a benchmark publishes worked solutions (aime24, gsm8k, math) those are gra
 gold; elsewhere the response is "... The answer is \\boxed{<gold>}." Mode own_gold grades them against
 their gold (mostly the exact-string fast path); shuffled_gold against another row's gold (mostly
 SymPy, the slow path: what wrong model answers cost). Each benchmark is timed in this
-process (workers=0, the library default) and through a GraderPool (workers=2, the CLI default;
-worker start-up is not timed; workers keep their parsed golds between modes, so their
-shuffled_gold rows start with a warm gold cache). Appends long-format rows to benchmarks/results/grading.csv.
+process (workers=0, the library default; caches cleared before each timing) and through a
+GraderPool (workers=2, the CLI default; worker start-up is not timed; workers keep their caches
+between modes, so their shuffled_gold rows start with warm gold caches). Appends long-format rows
+to benchmarks/results/grading.csv.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from sedsft.eval.benchmarks import BENCHMARKS, load
 from sedsft.eval.grader_pool import GraderPool, grade_one
-from sedsft.eval.grading import _parse
+from sedsft.eval.grading import clear_caches
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = [
@@ -94,7 +95,7 @@ def main() -> None:
             random.Random(0).shuffle(golds)
             for mode, workers in itertools.product(("own_gold", "shuffled_gold"), (0, args.pool_workers)):
                 tasks = own if mode == "own_gold" else [(r, g) for (r, _), g in zip(own, golds)]
-                _parse.cache_clear()  # no gold parsed before the clock starts
+                clear_caches()  # no answer parsed or normalised before the clock starts
                 start = time.perf_counter()
                 grades = pool.grade(tasks) if workers else [grade_one(*t) for t in tasks]
                 seconds = time.perf_counter() - start

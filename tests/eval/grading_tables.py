@@ -265,6 +265,9 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         (r"We get \[ \boxed{32349} \]", r"\boxed{32,\! 349}", True),
         (r"Since $x<2$, we have $x-p=\boxed{2-2p}$.", r"\boxed{2 - 2p}", True),
         (r"\boxed{1} no no no no no \boxed{2}", r"\boxed{1, 2}", False),
+        ("$C$ is not invertible", r"\boxed{C}", False),  # a gold's own words are never dropped
+        (r"$\cos (t)=0$ when $t=\frac{\pi}{2}+\pi k$ for any integer $k$.", r"\boxed{k}", False),
+        ("$4 \\frac{4}{9}$ days", r"It takes \boxed{\frac{40}{9}} days.", True),
     ],
     "false_positive_traps": [
         ("5", r"We found 5 earlier, but the answer is \boxed{6}.", False),

@@ -23,6 +23,7 @@ TAIL_CHARS = 4_000  # phrases and fallbacks look only at the end of the text
 _MAX_BOXES = 16  # boxes looked at, last first
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+_TOKEN_RE = re.compile(r"[^\s$.,;]+")
 _MINERVA_RE = re.compile(r"final answer is\s*\$(?P<x>(?:\\\$|[^$])+?)\$\s*\.?\s*I hope", re.IGNORECASE)
 _PHRASE_RE = re.compile(
     r"final\s+answer\s*(?:\*\*)?\s*(?:is\b|:)|\banswer\s*(?:\*\*)?\s*(?:is\b|:)|\*\*final answer\*\*|####",
@@ -55,7 +56,8 @@ _VERB_RE = re.compile(r"\b(?:is|are|was|were|equals|be)\b", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\bI hope\b")
 
 
-def _is_connector(gap: str) -> bool:
+def is_connector(gap: str) -> bool:
+    """Whether ``gap`` holds only what may stand between the parts of one answer."""
     return _CONNECTOR_RE.fullmatch(gap) is not None
 
 
@@ -68,8 +70,8 @@ def _boxes(text: str) -> list[tuple[int, int, str | None]]:
     for m in reversed(list(_BOX_RE.finditer(text))):
         i = m.end()
         if i < len(text) and text[i] != "{":  # \boxed 5: one token without braces
-            tok = re.match(r"[^\s$.,;]+", text[i : i + 64])
-            out.append((m.start(), i + (tok.end() if tok else 0), tok.group(0) if tok else ""))
+            tok = _TOKEN_RE.match(text, i, i + 64)
+            out.append((m.start(), tok.end() if tok else i, tok.group(0) if tok else ""))
         else:
             depth, j, end = 0, i, min(len(text), i + BOX_SCAN_CHARS)
             while j < end:
@@ -91,9 +93,12 @@ def _boxes(text: str) -> list[tuple[int, int, str | None]]:
     return out
 
 
+_SEPARATOR_RE = re.compile(r"\b(?:and|or)\b|[,;]")
+
+
 def _loosely_joined(gap: str) -> bool:
     # Math-Verify's rule for the boxes of a gold: close together, or near with a separator between
-    return len(gap) < 10 or (len(gap) < 70 and re.search(r"\b(?:and|or)\b|[,;]", gap) is not None)
+    return len(gap) < 10 or (len(gap) < 70 and _SEPARATOR_RE.search(gap) is not None)
 
 
 _LABEL_RE = re.compile(r"([A-Za-z](?:_\{?\w+\}?)?)\s*=\s*$")
@@ -117,7 +122,7 @@ def boxed_answer(text: str, *, loose: bool = False) -> str | None:
     for s, e, c in boxes[1:]:
         cut, name = _label(text, start)
         same_name = name is not None and _label(text, s)[1] == name
-        if not (_loosely_joined if loose else _is_connector)(text[e : cut if same_name else start]):
+        if not (_loosely_joined if loose else is_connector)(text[e : cut if same_name else start]):
             break
         if c != parts[0]:
             parts.insert(0, c)
@@ -140,7 +145,7 @@ def _last_math_run(text: str) -> tuple[int, str] | None:
     last = spans[-1]
     parts, start = [_span_content(last)], last.start()
     for m in reversed(spans[:-1]):
-        if not _is_connector(text[m.end() : start]):
+        if not is_connector(text[m.end() : start]):
             break
         parts.insert(0, _span_content(m))
         start = m.start()
@@ -153,7 +158,7 @@ def _first_math_run(text: str) -> str | None:
     spans = []
     pos = 0
     for m in MATH_SPAN_RE.finditer(text):
-        if m.start() != pos and not (spans and _is_connector(text[pos : m.start()])):
+        if m.start() != pos and not (spans and is_connector(text[pos : m.start()])):
             break
         spans.append(_span_content(m))
         pos = m.end()
@@ -217,6 +222,17 @@ def _phrase_answer(tail: str, numeric: bool) -> str | None:
 # ---- the answer ------------------------------------------------------------------------------------
 
 
+def _minerva(tail: str) -> str | None:
+    found = list(_MINERVA_RE.finditer(tail)) if "hope" in tail.lower() else []
+    return found[-1].group("x").strip() if found else None
+
+
+def stated_answer(text: str) -> str | None:
+    """The answer ``text`` states in words: Minerva's sentence or an answer phrase (steps 1 and 3)."""
+    tail = text[-TAIL_CHARS:]
+    return _minerva(tail) or _phrase_answer(tail, numeric=False)
+
+
 def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:
     """The final answer written in ``text`` (module doc for the order), or None when it gives none.
 
@@ -226,9 +242,9 @@ def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:
     if not text:
         return None
     tail = text[-TAIL_CHARS:]
-    minerva = list(_MINERVA_RE.finditer(tail))
+    minerva = _minerva(tail)
     if minerva:
-        return minerva[-1].group("x").strip()
+        return minerva
     if _BOX_RE.search(text):
         return boxed_answer(text)  # a response whose only boxes are empty gives no answer
     found = _phrase_answer(tail, numeric)

@@ -22,8 +22,8 @@ error or a time-out grades the response incorrect and says why in ``Grade.error`
 Safety: model output is untrusted. Only Math-Verify's LaTeX parser (ANTLR) sees it, never its
 ``ExprExtractionConfig``, which goes through SymPy's ``parse_expr`` (Python ``eval``). Bounds:
 extraction is linear in the response; an answer over ``MAX_ANSWER_CHARS`` or nested deeper than
-``MAX_BRACE_DEPTH`` is compared as a string only; in a main thread the whole grade runs under a
-``timeout_s`` alarm (``signal.setitimer``). A hard limit (a SymPy call stuck in C) needs a
+``MAX_BRACE_DEPTH`` is compared as a string only; in a main thread a grade has a ``timeout_s``
+budget, enforced by an alarm (``signal.setitimer``) around its SymPy work. A hard limit (a SymPy call stuck in C) needs a
 :class:`sedsft.eval.grader_pool.GraderPool`, which grades in processes it can kill.
 """
 
@@ -34,11 +34,12 @@ import logging
 import re
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-from sedsft.eval.extract import MATH_SPAN_RE, boxed_answer, extract_answer
+from sedsft.eval.extract import MATH_SPAN_RE, boxed_answer, extract_answer, is_connector, stated_answer
 
 __all__ = [
     "Grade",
@@ -87,6 +88,24 @@ _armed = False
 def _on_alarm(signum, frame):
     if _armed:
         raise GradingTimeout
+
+
+_budget = threading.local()  # .deadline: time.monotonic() by which the current grade must end
+
+
+@contextlib.contextmanager
+def _within_budget():
+    """Arm the alarm for what is left of the current grade's budget, around slow (SymPy) work only:
+    the cheap paths then cost no system calls."""
+    deadline = getattr(_budget, "deadline", None)
+    if deadline is None:
+        yield
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise GradingTimeout
+    with time_limit(left):
+        yield
 
 
 @contextlib.contextmanager
@@ -154,6 +173,8 @@ def _strip_wrappers(s: str) -> str:
     """Remove math delimiters and a box around the whole answer, repeatedly."""
     while True:
         s = s.strip()
+        if not s.startswith(("$", "\\")):
+            return s
         for a, b in _DELIMS:
             inner = s[len(a) : -len(b)] if len(s) >= len(a) + len(b) else None
             if inner is not None and s.startswith(a) and s.endswith(b) and a not in inner:
@@ -175,63 +196,123 @@ def _balanced(s: str) -> bool:
     return depth == 0
 
 
+@lru_cache(maxsize=1 << 16)
 def normalize_answer(text: str) -> str:
-    """A canonical string for an answer: the cheap, exact rewrites graders agree on (module doc, step 3)."""
+    """A canonical string for an answer: the cheap, exact rewrites graders agree on (module doc, step 3).
+
+    Each rewrite runs only when its trigger is in the text: most answers are short and plain."""
     s = _strip_wrappers(text.replace("\n", " "))
-    if "\\begin" not in s:
-        s = _DOUBLED_SLASH_RE.sub(r"\\", s)  # a gold escaped twice: \\frac -> \frac
-    s = _THOUSANDS_MARK_RE.sub("", s)
-    s = s.replace("\\!", "")
-    s = _SPACING_RE.sub(" ", s)
-    for a, b in ((r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\cfrac", r"\frac")):
-        s = s.replace(a, b)
-    for pattern, repl in _MALFORMED:
-        s = pattern.sub(repl, s)
-    s = _LEFT_RIGHT_RE.sub("", s)
-    for d in (r"\displaystyle", r"\textstyle", "\\$", "$"):
-        s = s.replace(d, "")
-    s = _DEGREE_RE.sub("", s)
-    s = _PERCENT_RE.sub("", s)
-    s = _MATRIX_RE.sub(lambda m: "\\" + m.group(1) + "{pmatrix}", s)
+    latex = "\\" in s
+    if latex:
+        if "\\\\" in s and "\\begin" not in s:
+            s = _DOUBLED_SLASH_RE.sub(r"\\", s)  # a gold escaped twice: \\frac -> \frac
+        if "frac" in s or "sqrt" in s:
+            for a, b in ((r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\cfrac", r"\frac")):
+                s = s.replace(a, b)
+            for pattern, repl in _MALFORMED:
+                s = pattern.sub(repl, s)
+        if "left" in s or "right" in s or "big" in s or "Big" in s:
+            s = _LEFT_RIGHT_RE.sub("", s)
+        for d in (r"\displaystyle", r"\textstyle", "\\$"):
+            s = s.replace(d, "")
+        if "\\begin" in s:
+            s = _MATRIX_RE.sub(lambda m: "\\" + m.group(1) + "{pmatrix}", s)
+    if latex or "{," in s:
+        s = _THOUSANDS_MARK_RE.sub("", s).replace("\\!", "")
+    if latex or "~" in s:
+        s = _SPACING_RE.sub(" ", s)
+    s = s.replace("$", "")
+    if "circ" in s or "degree" in s or "°" in s:
+        s = _DEGREE_RE.sub("", s)
+    if "%" in s or "p" in s:
+        s = _PERCENT_RE.sub("", s)
     s = s.strip().rstrip(".").strip()
-    m = _BRACKETED_MATRIX_RE.match(s)
-    if m and m.group(1).count("\\begin{pmatrix}") == 1:
-        s = m.group(1)
-    m = _TEXT_WRAP_RE.match(s)
-    if m:
-        s = m.group(1).strip()
-    m = _UNIT_RE.match(s) or _WORD_UNIT_RE.match(s)
-    if m:
-        s = m.group(1).strip()
-    m = _CHOICE_RE.match(s)
-    if m:
-        s = m.group(1)
-    s = _MEMBER_RE.sub("", s)
-    for pattern, repl in _SYNONYMS:
-        s = pattern.sub(repl, s)
+    if _DECIMAL_RE.fullmatch(s):
+        return s  # a plain number: nothing below applies
+    if _THOUSANDS_RE.match(s):
+        return s.replace(",", "").replace(" ", "")
+    if latex:
+        if "\\begin" in s:
+            m = _BRACKETED_MATRIX_RE.match(s)
+            if m and m.group(1).count("\\begin{pmatrix}") == 1:
+                s = m.group(1)
+        m = _TEXT_WRAP_RE.match(s)
+        if m:
+            s = m.group(1).strip()
+        m = _UNIT_RE.match(s)
+        if m:
+            s = m.group(1).strip()
+        if "\\in" in s:
+            s = _MEMBER_RE.sub("", s)
+    if " " in s:
+        m = _WORD_UNIT_RE.match(s)
+        if m:
+            s = m.group(1).strip()
+    if s.startswith("("):
+        m = _CHOICE_RE.match(s)
+        if m:
+            s = m.group(1)
+    if latex or "inf" in s:
+        for pattern, repl in _SYNONYMS:
+            s = pattern.sub(repl, s)
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "").replace(" ", "")
     return s
 
 
+_DIGIT_SPACE_RE = re.compile(r"(?<=\d)\s+(?=\d)")
+_OTHER_SPACE_RE = re.compile(r"(?<!\d)\s+|\s+(?!\d)")
+_WORDS_RE = re.compile(r"[A-Za-z ]+")
+
+
 def _key(s: str) -> str:
-    k = re.sub(r"(?<=\d)\s+(?=\d)", " ", s)  # "1 1" is not 11 (thousands groups are joined earlier)
-    k = re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", k)
-    return k.lower() if re.fullmatch(r"[A-Za-z ]+", s) else k  # words compare case-insensitively
+    if " " not in s:
+        return s.lower() if _WORDS_RE.fullmatch(s) else s
+    k = _DIGIT_SPACE_RE.sub(" ", s)  # "1 1" is not 11 (thousands groups are joined earlier)
+    k = _OTHER_SPACE_RE.sub("", k)
+    return k.lower() if _WORDS_RE.fullmatch(s) else k  # words compare case-insensitively
 
 
 # ---- the gold ------------------------------------------------------------------------------------
 
 
+_SEPARATOR_RE = re.compile(r"[,;]|\b(?:and|or)\b")
+_UNIT_TAIL_RE = re.compile(
+    r"\s*[A-Za-z][A-Za-z./]*(?:\s+[A-Za-z][A-Za-z./]*)?\s*\.?"
+)  # "miles", "beats/lifetime"
+
+
 def gold_answer(gold: str) -> str:
-    """The answer a gold states: its boxes if it has any; the answer of a gold written like a response
-    (math between ``$`` with words around it, "... Final Answer: $28\\%$"); else the gold itself."""
+    """The answer a gold states. Only clear forms are reduced, so that a gold's own words are never
+    dropped ("$C$ is not invertible" stays whole): its boxes; a stated final answer ("... Final
+    Answer: The final answer is $28\\%$. I hope it is correct."); math spans joined by "or", "and",
+    commas ("$2$ or $-2$"); one math span and a unit ("$125$ miles"). Else the gold itself."""
     g = gold.strip()
-    if re.search(r"\\(?:boxed|fbox)", g):
+    if "\\boxed" in g or "\\fbox" in g:
         return boxed_answer(g, loose=True) or g
-    if MATH_SPAN_RE.search(g) and re.search(r"[A-Za-z0-9]", MATH_SPAN_RE.sub("", g)):
-        return extract_answer(g, numeric_fallback=False) or g
+    if not ("$" in g or "\\(" in g or "\\[" in g):
+        return g
+    spans = list(MATH_SPAN_RE.finditer(g))
+    if not spans or (len(spans) == 1 and spans[0].span() == (0, len(g))):
+        return g
+    stated = stated_answer(g)
+    if stated:
+        return stated
+    gaps = [g[: spans[0].start()]] + [g[a.end() : b.start()] for a, b in zip(spans, spans[1:])]
+    tail = g[spans[-1].end() :]
+    if all(is_connector(x) for x in gaps) and (
+        is_connector(tail) or (len(spans) == 1 and _UNIT_TAIL_RE.fullmatch(tail))
+    ):
+        parts = [_span_text(m) for m in spans]
+        out = parts[0]
+        for gap, part in zip(gaps[1:], parts[1:]):  # "$a$ or $b$" is a list; "$x+$ $1$" one wrapped line
+            out += (", " if _SEPARATOR_RE.search(gap) else " ") + part
+        return out
     return g
+
+
+def _span_text(m: re.Match) -> str:
+    return next(v for v in m.groupdict().values() if v is not None).strip()
 
 
 # ---- numbers -------------------------------------------------------------------------------------
@@ -243,7 +324,9 @@ _FRAC_RE = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}|([-+]?\d+)/([-
 
 def _number(s: str) -> Fraction | None:
     """A plain number ("073", "-2.5", "1/2", "\\frac{3}{4}") exactly; None for anything else."""
-    if re.search(r"\d\s+\d", s):  # "1 1" is no number (thousands groups are joined earlier)
+    if s.isdigit() and len(s) <= _NUMBER_CHARS:  # the common case, without Fraction's parser
+        return Fraction(int(s))
+    if " " in s and _DIGIT_SPACE_RE.search(s):  # "1 1" is no number (thousands groups are joined earlier)
         return None
     t = s.replace(" ", "")
     if not t or len(t) > _NUMBER_CHARS:
@@ -306,6 +389,11 @@ def _split_top(s: str, seps: str) -> list[str]:
 
 _RELATION_SIGNS_RE = re.compile(r"<=|>=|!=|==|=>|<=>")
 _CONNECTIVE_RE = re.compile(r"\\text\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])")
+_TARGET_DECORATION_RE = re.compile(r"_\{[^{}]*\}|_\w|\^\{?(?:-1|T|\\top|\\prime|\*)\}?|'")
+_LETTER_RE = re.compile(r"[A-Za-z]")
+_ALNUM_RE = re.compile(r"[A-Za-z0-9]")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_NOT_TARGET_RE = re.compile(r"[\d+\-*^/<>!]|\\")
 _TARGET_COMMANDS_RE = re.compile(
     r"\\(?:text|mathrm|mathbf|operatorname|overline|overrightarrow|angle|vec|hat|bar|frac|mid|vert|lvert|rvert)\b"
 )
@@ -323,14 +411,14 @@ def _equation(s: str) -> tuple[str, str] | None:
 
 def _is_target(lhs: str) -> bool:
     """Whether ``lhs`` names what is assigned (x, a_1, f(x), |AB|, B^{-1}), not an expression (2x+z)."""
-    t = re.sub(r"_\{[^{}]*\}|_\w|\^\{?(?:-1|T|\\top|\\prime|\*)\}?|'", "", lhs)  # a_1, B^{-1}, A^T, f'(x)
+    t = _TARGET_DECORATION_RE.sub("", lhs)  # a_1, B^{-1}, A^T, f'(x)
     t = _TARGET_COMMANDS_RE.sub("", t)
-    return len(lhs) <= 40 and bool(re.search(r"[A-Za-z]", t)) and not re.search(r"[\d+\-*^/<>!]|\\", t)
+    return len(lhs) <= 40 and _LETTER_RE.search(t) is not None and not _NOT_TARGET_RE.search(t)
 
 
 def _is_constant(s: str) -> bool:
     """No variables: only digits, operators and LaTeX commands (\\frac, \\sqrt, \\pi)."""
-    return not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", s))
+    return not _LETTER_RE.search(_COMMAND_RE.sub("", s))
 
 
 def _items(s: str) -> list[str]:
@@ -381,13 +469,19 @@ def _parse(answer: str):
     return parse("\\boxed{" + answer + "}", extraction_config=_latex_only_config(), parsing_timeout=None)
 
 
+_SENTENCE_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}\s+[A-Za-z]{2,}\b")
+
+
 def _math_verify(gold: str, pred: str) -> bool:
     from math_verify import verify
 
     if _too_complex(gold) or _too_complex(pred):
         return False
-    g, p = _parse(gold), _parse(pred)
-    return bool(g and p and verify(g, p, timeout_seconds=None))
+    if _SENTENCE_RE.search(gold) or _SENTENCE_RE.search(pred):
+        return False  # prose: Math-Verify would compare stray fragments of it
+    with _within_budget():
+        g, p = _parse(gold), _parse(pred)
+        return bool(g and p and verify(g, p, timeout_seconds=None))
 
 
 # ---- comparison ----------------------------------------------------------------------------------
@@ -422,9 +516,7 @@ def _match(p: str, g: str, percent: bool) -> bool:
     pi, gi = _items(p), _items(g)
     if 1 < len(gi) <= MAX_LIST_ITEMS and len(pi) == len(gi):
         return _same_items(pi, gi, percent)
-    if (pn is not None and re.fullmatch(r"[A-Za-z ]+", g)) or (
-        gn is not None and re.fullmatch(r"[A-Za-z ]+", p)
-    ):
+    if (pn is not None and _WORDS_RE.fullmatch(g)) or (gn is not None and _WORDS_RE.fullmatch(p)):
         return False  # a number is never a word
     return _math_verify(g, p)
 
@@ -434,7 +526,8 @@ _DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d\d+")  # "1,22" (a list "1,2" has a one
 
 def answers_match(pred: str, gold: str) -> bool:
     """Whether the extracted answer ``pred`` equals ``gold`` (both answer strings, not responses)."""
-    percent = any("%" in x or "percent" in x or "pct" in x for x in (pred, gold))
+    both = pred + gold
+    percent = "%" in both or ("p" in both and ("percent" in both or "pct" in both))
     p, g = normalize_answer(pred), normalize_answer(gold)
     for a, b in ((p, g), (g, p)):  # "1,22" written with a decimal comma against "1.22"
         if _DECIMAL_COMMA_RE.fullmatch(a) and "." in b and _number(b) is not None:
@@ -465,11 +558,17 @@ def answer_for_log(response: str, gold: str) -> str | None:
 def grade(response: str, gold: str, *, timeout_s: float | None = GRADE_TIMEOUT_S) -> Grade:
     """Grade ``response`` (free-form model output) against ``gold``; never raises (module doc)."""
     extracted = None
+    outer = getattr(_budget, "deadline", None)  # a grade inside a grade keeps the outer budget
+    if timeout_s is not None:
+        mine = time.monotonic() + timeout_s
+        _budget.deadline = mine if outer is None else min(outer, mine)
     try:
-        with time_limit(timeout_s):
-            g = gold_answer(gold)
-            extracted = _extract_for(response, g)
-            correct = extracted is not None and answers_match(extracted, g)
+        g = gold_answer(gold)
+        extracted = _extract_for(response, g)
+        correct = extracted is not None and (
+            _key(normalize_answer(extracted)) == _key(normalize_answer(gold))  # the gold's own text
+            or answers_match(extracted, g)
+        )
         return Grade(extracted, bool(correct))
     except GradingTimeout:
         return Grade(extracted, False, timed_out=True, error=f"timed out after {timeout_s:g} s")
@@ -479,6 +578,14 @@ def grade(response: str, gold: str, *, timeout_s: float | None = GRADE_TIMEOUT_S
             _logged_errors.add(type(e).__name__)
             logger.warning("grading failed (%s); the response is graded incorrect", reason, exc_info=True)
         return Grade(extracted, False, error=reason)
+    finally:
+        _budget.deadline = outer
+
+
+def clear_caches() -> None:
+    """Forget every parsed and normalised answer (benchmarks time the grader from a cold start)."""
+    _parse.cache_clear()
+    normalize_answer.cache_clear()
 
 
 def is_correct(response: str, gold: str) -> bool:
