@@ -168,7 +168,7 @@ class GraderPool:
         if workers < 1:
             raise UserError(f"a GraderPool needs workers >= 1, got {workers}; use InProcessGrader for 0")
         self.timeout_s = float(timeout_s)
-        self.num_timeouts = 0
+        self.num_timeouts = 0  # responses graded incorrect for running out of time
         self._ctx = mp.get_context("spawn")
         self._lock = threading.Lock()
         self._closed = False
@@ -252,6 +252,9 @@ class GraderPool:
                     self._replace(w)
                     continue
                 results[i] = result
+                if result.timed_out:  # the worker's own alarm stopped it: no kill needed
+                    with self._lock:
+                        self.num_timeouts += 1
                 self._idle.put(w)
             now = time.monotonic()
             for w, (i, dl) in list(busy.items()):
