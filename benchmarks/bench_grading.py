@@ -1,6 +1,7 @@
 """Grading throughput (responses/s) over the reference solutions of the 8 benchmarks.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_grading.py [--data_dir ../shared/data/benchmarks]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_grading.py --limit 20 --out /tmp/smoke.csv  # smoke run
 
 Where a benchmark publishes worked solutions (aime24, gsm8k, math) those are graded against the
 gold; elsewhere the response is "... The answer is \\boxed{<gold>}." Mode own_gold grades them against
@@ -67,8 +68,8 @@ def _commit() -> str:
         return ""
 
 
-def _tasks(name: str, data_dir: Path) -> list[tuple[str, str]]:
-    problems = load(name, data_dir)
+def _tasks(name: str, data_dir: Path, limit: int | None) -> list[tuple[str, str]]:
+    problems = load(name, data_dir, limit=limit)
     return [
         (p.reference or f"Working omitted. The answer is \\boxed{{{p.answer}}}.", p.answer) for p in problems
     ]
@@ -79,6 +80,9 @@ def main() -> None:
     ap.add_argument("--data_dir", default=str(ROOT / ".." / "shared" / "data" / "benchmarks"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grading.csv"))
     ap.add_argument("--pool_workers", type=int, default=2)
+    ap.add_argument(
+        "--limit", type=int, help="first LIMIT problems per benchmark (a smoke run, not a result)"
+    )
     args = ap.parse_args()
 
     versions = ";".join(
@@ -90,7 +94,7 @@ def main() -> None:
     pool = GraderPool(workers=args.pool_workers, timeout_s=2.0)
     try:
         for name in BENCHMARKS:
-            own = _tasks(name, Path(args.data_dir))
+            own = _tasks(name, Path(args.data_dir), args.limit)
             golds = [g for _, g in own]
             random.Random(0).shuffle(golds)
             for mode, workers in itertools.product(("own_gold", "shuffled_gold"), (0, args.pool_workers)):

@@ -244,6 +244,11 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
             r"We had $\boxed{7}$ first. Final Answer: The final answer is $10$. I hope it is correct.",
             False,
         ),
+        (
+            "10455",
+            r"So \boxed{10200} first; Final Answer: The final answer is $10,455$. I hope it is correct.",
+            True,
+        ),
         ("(0, 1)", "Final Answer: The final answer is $(0, 1)$. I hope it is correct.", True),
         ("[0,1)", "Final Answer: The final answer is $(0, 1)$. I hope it is correct.", False),
     ],
