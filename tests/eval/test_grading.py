@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sedsft.eval import grading
+from sedsft.eval import compare, grading
 from sedsft.eval.benchmarks import load
 from sedsft.eval.grading import Grade, answers_match, extract_answer, grade, is_correct, normalize_answer
 
@@ -124,7 +124,7 @@ def test_time_limit_grades_a_slow_comparison_incorrect(monkeypatch):
         time.sleep(30)
         return []
 
-    monkeypatch.setattr(grading, "_parse", slow_parse)
+    monkeypatch.setattr(compare, "parse_answer", slow_parse)
     result = grade(r"\boxed{x^2}", "y^2", timeout_s=0.2)
     assert result.timed_out and not result.correct and result.extracted == "x^2"
     assert grade(r"\boxed{4}", "4", timeout_s=0.2).correct  # the cheap paths need no SymPy

@@ -93,12 +93,12 @@ def _boxes(text: str) -> list[tuple[int, int, str | None]]:
     return out
 
 
-_SEPARATOR_RE = re.compile(r"\b(?:and|or)\b|[,;]")
+SEPARATOR_RE = re.compile(r"\b(?:and|or)\b|[,;]")
 
 
 def _loosely_joined(gap: str) -> bool:
     # Math-Verify's rule for the boxes of a gold: close together, or near with a separator between
-    return len(gap) < 10 or (len(gap) < 70 and _SEPARATOR_RE.search(gap) is not None)
+    return len(gap) < 10 or (len(gap) < 70 and SEPARATOR_RE.search(gap) is not None)
 
 
 _LABEL_RE = re.compile(r"([A-Za-z](?:_\{?\w+\}?)?)\s*=\s*$")
@@ -133,7 +133,8 @@ def boxed_answer(text: str, *, loose: bool = False) -> str | None:
 # ---- math spans --------------------------------------------------------------------------------------
 
 
-def _span_content(m: re.Match) -> str:
+def span_text(m: re.Match) -> str:
+    """The content of a math span match (without its delimiters)."""
     return next(v for v in m.groupdict().values() if v is not None).strip()
 
 
@@ -143,11 +144,11 @@ def _last_math_run(text: str) -> tuple[int, str] | None:
     if not spans:
         return None
     last = spans[-1]
-    parts, start = [_span_content(last)], last.start()
+    parts, start = [span_text(last)], last.start()
     for m in reversed(spans[:-1]):
         if not is_connector(text[m.end() : start]):
             break
-        parts.insert(0, _span_content(m))
+        parts.insert(0, span_text(m))
         start = m.start()
     parts = [p for p in parts if p]
     return (last.end(), ", ".join(parts)) if parts else None
@@ -160,7 +161,7 @@ def _first_math_run(text: str) -> str | None:
     for m in MATH_SPAN_RE.finditer(text):
         if m.start() != pos and not (spans and is_connector(text[pos : m.start()])):
             break
-        spans.append(_span_content(m))
+        spans.append(span_text(m))
         pos = m.end()
     parts = [p for p in spans if p]
     return ", ".join(parts) if parts else None

@@ -1,0 +1,212 @@
+"""Are two answers equal? ``answers_match(pred, gold)``, cheapest test first, symmetric in its sides.
+
+Equal normalised strings; plain numbers (exact fractions, decimals to 1e-6 relative, ``x%`` = ``x`` =
+``x/100`` only where a percent sign is written); ``a \\approx b`` matches what ``a`` or ``b`` matches;
+an assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
+equation that is no assignment never equals a value, two assignments of constants to different
+names differ (``x = 5`` vs ``y = 5``), other pairs of equations are compared as equations; an
+unbracketed list (``1, 2 and 3``) as an unordered multiset, item by item; anything else by
+Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals, sets, tuples, matrices).
+
+Only Math-Verify's LaTeX parser (ANTLR) sees model output, never its ``ExprExtractionConfig``, which
+goes through SymPy's ``parse_expr`` (Python ``eval``). An answer over ``MAX_ANSWER_CHARS`` or nested
+deeper than ``MAX_BRACE_DEPTH`` is compared as a string only; SymPy work runs within the grade's
+time budget (``sedsft.eval.time_limit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from fractions import Fraction
+from functools import lru_cache
+
+from sedsft.eval.normalize import (
+    DECIMAL_COMMA_RE,
+    WORDS_RE,
+    close,
+    key,
+    normalize_answer,
+    numbers_equal,
+    plain_number,
+)
+from sedsft.eval.time_limit import within_budget
+
+# Math-Verify logs a warning per unparsable answer (and that its own timeouts are off: ours are on).
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+MAX_ANSWER_CHARS = 1_000  # longer answers are compared as strings only (no SymPy)
+MAX_BRACE_DEPTH = 12  # deeper nesting is compared as strings only
+MAX_LIST_ITEMS = 24  # longer unbracketed lists go to Math-Verify whole
+
+
+# ---- structure: top-level splits, equations, lists -----------------------------------------------
+
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+def _split_top(s: str, seps: str) -> list[str]:
+    """``s`` split at the characters ``seps`` that are outside all brackets and braces."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s) and s[i + 1] in "{}":
+            depth += 1 if s[i + 1] == "{" else -1
+            i += 2
+            continue
+        if c in _OPEN:
+            depth += 1
+        elif c in _CLOSE:
+            depth = max(0, depth - 1)
+        elif depth == 0 and c in seps:
+            parts.append(s[start:i])
+            start = i + 1
+        i += 1
+    parts.append(s[start:])
+    return [p.strip() for p in parts]
+
+
+_RELATION_SIGNS_RE = re.compile(r"<=|>=|!=|==|=>|<=>")
+_CONNECTIVE_RE = re.compile(r"\\text\s*\{\s*(?:and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])")
+_TARGET_DECORATION_RE = re.compile(r"_\{[^{}]*\}|_\w|\^\{?(?:-1|T|\\top|\\prime|\*)\}?|'")
+_LETTER_RE = re.compile(r"[A-Za-z]")
+_ALNUM_RE = re.compile(r"[A-Za-z0-9]")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_NOT_TARGET_RE = re.compile(r"[\d+\-*^/<>!]|\\")
+_TARGET_COMMANDS_RE = re.compile(
+    r"\\(?:text|mathrm|mathbf|operatorname|overline|overrightarrow|angle|vec|hat|bar|frac|mid|vert|lvert|rvert)\b"
+)
+
+
+def _equation(s: str) -> tuple[str, str] | None:
+    """(first left side, last right side) of an equation or a chain ``a = b = c``; None if no ``=``."""
+    if "=" not in s or _RELATION_SIGNS_RE.search(s) or len(_items(s)) > 1:
+        return None  # no equation, an inequality, or a list (of equations)
+    parts = _split_top(s, "=")
+    if len(parts) < 2 or not parts[0] or not parts[-1]:
+        return None
+    return parts[0], parts[-1]
+
+
+def _is_target(lhs: str) -> bool:
+    """Whether ``lhs`` names what is assigned (x, a_1, f(x), |AB|, B^{-1}), not an expression (2x+z)."""
+    t = _TARGET_DECORATION_RE.sub("", lhs)  # a_1, B^{-1}, A^T, f'(x)
+    t = _TARGET_COMMANDS_RE.sub("", t)
+    return len(lhs) <= 40 and _LETTER_RE.search(t) is not None and not _NOT_TARGET_RE.search(t)
+
+
+def _is_constant(s: str) -> bool:
+    """No variables: only digits, operators and LaTeX commands (\\frac, \\sqrt, \\pi)."""
+    return not _LETTER_RE.search(_COMMAND_RE.sub("", s))
+
+
+def _items(s: str) -> list[str]:
+    """The items of an unbracketed list "1, 2 and 3" (one item when ``s`` is not a list)."""
+    return [p for p in _split_top(_CONNECTIVE_RE.sub(",", s), ",;") if p]
+
+
+def _same_items(pred: list[str], gold: list[str], percent: bool) -> bool:
+    """Unordered: every gold item matches its own pred item."""
+    left = list(pred)
+    for g in gold:
+        hit = next((i for i, p in enumerate(left) if _match(p, g, percent)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
+
+
+def _too_complex(s: str) -> bool:
+    if len(s) > MAX_ANSWER_CHARS:
+        return True
+    depth = deepest = 0
+    for c in s:
+        if c == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == "}":
+            depth -= 1
+    return deepest > MAX_BRACE_DEPTH or depth != 0
+
+
+# ---- Math-Verify ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _latex_only_config():
+    from math_verify import LatexExtractionConfig
+
+    # boxed first; never ExprExtractionConfig (it evals through SymPy's parse_expr).
+    return [LatexExtractionConfig(boxed_match_priority=0)]
+
+
+@lru_cache(maxsize=8192)
+def parse_answer(answer: str):
+    """Math-Verify's parse of one answer (cached), LaTeX extraction only."""
+    from math_verify import parse
+
+    # No Math-Verify timeouts: its signal.alarm would cancel the one _time_limit set for the grade.
+    return parse("\\boxed{" + answer + "}", extraction_config=_latex_only_config(), parsing_timeout=None)
+
+
+_SENTENCE_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}\s+[A-Za-z]{2,}\b")
+
+
+def _math_verify(gold: str, pred: str) -> bool:
+    from math_verify import verify
+
+    if _too_complex(gold) or _too_complex(pred):
+        return False
+    if _SENTENCE_RE.search(gold) or _SENTENCE_RE.search(pred):
+        return False  # prose: Math-Verify would compare stray fragments of it
+    with within_budget():
+        g, p = parse_answer(gold), parse_answer(pred)
+        return bool(g and p and verify(g, p, timeout_seconds=None))
+
+
+# ---- comparison ----------------------------------------------------------------------------------
+
+
+def _match(p: str, g: str, percent: bool) -> bool:
+    """Whether normalised answers ``p`` and ``g`` are equal (module doc, step 4)."""
+    if not p or not g:
+        return False
+    if key(p) == key(g):
+        return True
+    pn, gn = plain_number(p), plain_number(g)
+    if pn is not None and gn is not None:
+        return numbers_equal(p, g, pn, gn, percent)
+    for side, other, side_is_pred in ((p, g, True), (g, p, False)):
+        parts = [x.strip() for x in side.split("\\approx") if x.strip()] if "\\approx" in side else []
+        if parts:  # "1/3 \approx 0.33": what either side of the approximation matches
+            return any(
+                _match(x, other, percent) if side_is_pred else _match(other, x, percent) for x in parts
+            )
+    pe, ge = _equation(p), _equation(g)
+    if pe and ge:
+        (pl, pr), (gl, gr) = pe, ge
+        if _is_target(pl) and _is_target(gl) and _is_constant(pr) and _is_constant(gr):
+            return key(pl) == key(gl) and _match(pr, gr, percent)  # x = 5 vs y = 5 differ
+        return _math_verify(g, p)
+    if pe or ge:  # one equation, one value
+        (lhs, rhs), value = (pe, g) if pe else (ge, p)
+        if not (_is_target(lhs) or (_is_constant(lhs) and _is_constant(rhs))):
+            return False  # "2x + z = 1" is no value
+        return _match(rhs, value, percent) if pe else _match(value, rhs, percent)
+    pi, gi = _items(p), _items(g)
+    if 1 < len(gi) <= MAX_LIST_ITEMS and len(pi) == len(gi):
+        return _same_items(pi, gi, percent)
+    if (pn is not None and WORDS_RE.fullmatch(g)) or (gn is not None and WORDS_RE.fullmatch(p)):
+        return False  # a number is never a word
+    return _math_verify(g, p)
+
+
+def answers_match(pred: str, gold: str) -> bool:
+    """Whether the extracted answer ``pred`` equals ``gold`` (both answer strings, not responses)."""
+    both = pred + gold
+    percent = "%" in both or ("p" in both and ("percent" in both or "pct" in both))
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    for a, b in ((p, g), (g, p)):  # "1,22" written with a decimal comma against "1.22"
+        if DECIMAL_COMMA_RE.fullmatch(a) and "." in b and plain_number(b) is not None:
+            return close(Fraction(a.replace(",", ".")), plain_number(b), False)
+    return _match(p, g, percent)
