@@ -149,6 +149,12 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
             True,
         ),
         (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & 2 \end{pmatrix}}", False),
+        (
+            r"\begin{pmatrix} 3 \\ 0 \end{pmatrix}",
+            r"$\mathbf{v} = \boxed{(3, 0)}$",
+            True,
+        ),  # a vector as a tuple
+        (r"\begin{pmatrix} 3 \\ 0 \end{pmatrix}", r"\boxed{(0, 3)}", False),
     ],
     "equations": [
         ("x+y=1", r"\boxed{y=1-x}", True),

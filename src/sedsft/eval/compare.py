@@ -116,6 +116,30 @@ def _same_items(pred: list[str], gold: list[str], percent: bool) -> bool:
     return True
 
 
+_PMATRIX_RE = re.compile(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", re.DOTALL)
+
+
+def _vector(s: str) -> list[str] | None:
+    """The entries of a one-row or one-column pmatrix, in order; None for anything else."""
+    m = _PMATRIX_RE.fullmatch(s.strip())
+    if m is None or "\\begin" in m.group(1):
+        return None
+    rows = [r.strip() for r in m.group(1).split("\\\\") if r.strip()]
+    cells = [[c.strip() for c in r.split("&")] for r in rows]
+    if len(cells) == 1:
+        return cells[0]
+    return [c[0] for c in cells] if all(len(c) == 1 for c in cells) else None
+
+
+def _tuple(s: str) -> list[str] | None:
+    """The items of a parenthesised tuple "(a, b, ...)" of two or more; None for anything else."""
+    s = s.strip()
+    if not (s.startswith("(") and s.endswith(")")) or len(_split_top(s, ",")) > 1:
+        return None
+    items = _split_top(s[1:-1], ",")
+    return items if len(items) >= 2 and all(items) else None
+
+
 def _too_complex(s: str) -> bool:
     if len(s) > MAX_ANSWER_CHARS:
         return True
@@ -193,6 +217,10 @@ def _match(p: str, g: str, percent: bool) -> bool:
         if not (_is_target(lhs) or (_is_constant(lhs) and _is_constant(rhs))):
             return False  # "2x + z = 1" is no value
         return _match(rhs, value, percent) if pe else _match(value, rhs, percent)
+    pv, gv = _vector(p), _vector(g)
+    if (pv is None) != (gv is None) and (pv or _tuple(p)) and (gv or _tuple(g)):  # a vector as a tuple
+        pv, gv = pv or _tuple(p), gv or _tuple(g)
+        return len(pv) == len(gv) and all(_match(a, b, percent) for a, b in zip(pv, gv))
     pi, gi = _items(p), _items(g)
     if 1 < len(gi) <= MAX_LIST_ITEMS and len(pi) == len(gi):
         return _same_items(pi, gi, percent)
