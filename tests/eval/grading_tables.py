@@ -268,6 +268,8 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("1", r"\boxed{1}. Checking again, x = 2, so \boxed{2}", False),
         ("1, 4", r"The solutions are \(x = \boxed{1}\) and \(x = \boxed{4}\).", True),
         ("3", r"So $a = \boxed{3}$ and $b = \boxed{5}$.", False),
+        ("3, 5", r"So $a = \boxed{3}$ and $b = \boxed{5}$.", True),  # a gold of two parts, boxed apart
+        ("3, 6", r"So $a = \boxed{3}$ and $b = \boxed{5}$.", False),
     ],
     "golds_written_like_responses": [
         (r"$\boxed{2}, \boxed{3}, \boxed{5}$", r"\boxed{\{2, 3, 5\}}", True),

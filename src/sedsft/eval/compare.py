@@ -80,7 +80,7 @@ _TARGET_COMMANDS_RE = re.compile(
 
 def _equation(s: str) -> tuple[str, str] | None:
     """(first left side, last right side) of an equation or a chain ``a = b = c``; None if no ``=``."""
-    if "=" not in s or _RELATION_SIGNS_RE.search(s) or len(_items(s)) > 1:
+    if "=" not in s or _RELATION_SIGNS_RE.search(s) or len(list_items(s)) > 1:
         return None  # no equation, an inequality, or a list (of equations)
     parts = _split_top(s, "=")
     if len(parts) < 2 or not parts[0] or not parts[-1]:
@@ -100,7 +100,7 @@ def _is_constant(s: str) -> bool:
     return not _LETTER_RE.search(_COMMAND_RE.sub("", s))
 
 
-def _items(s: str) -> list[str]:
+def list_items(s: str) -> list[str]:
     """The items of an unbracketed list "1, 2 and 3" (one item when ``s`` is not a list)."""
     return [p for p in _split_top(_CONNECTIVE_RE.sub(",", s), ",;") if p]
 
@@ -221,7 +221,7 @@ def _match(p: str, g: str, percent: bool) -> bool:
     if (pv is None) != (gv is None) and (pv or _tuple(p)) and (gv or _tuple(g)):  # a vector as a tuple
         pv, gv = pv or _tuple(p), gv or _tuple(g)
         return len(pv) == len(gv) and all(_match(a, b, percent) for a, b in zip(pv, gv))
-    pi, gi = _items(p), _items(g)
+    pi, gi = list_items(p), list_items(g)
     if 1 < len(gi) <= MAX_LIST_ITEMS and len(pi) == len(gi):
         return _same_items(pi, gi, percent)
     if (pn is not None and WORDS_RE.fullmatch(g)) or (gn is not None and WORDS_RE.fullmatch(p)):

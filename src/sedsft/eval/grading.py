@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from sedsft.eval import compare
-from sedsft.eval.compare import answers_match
+from sedsft.eval.compare import answers_match, list_items
 from sedsft.eval.extract import (
     MATH_SPAN_RE,
     SEPARATOR_RE,
@@ -113,6 +113,16 @@ def _extract_for(response: str, gold_ans: str) -> str | None:
     return extract_answer(response, numeric_fallback=numeric)
 
 
+def _parts_boxed_apart(response: str, extracted: str, gold_ans: str) -> bool:
+    """A gold of several parts, each boxed on its own ("$y_1 = \\boxed{a}$ and $y_2 = \\boxed{b}$"):
+    the boxes joined by Math-Verify's looser rule, when that gives more parts than the strict one."""
+    wanted = len(list_items(normalize_answer(gold_ans)))
+    if wanted < 2 or len(list_items(normalize_answer(extracted))) >= wanted:
+        return False
+    joined = boxed_answer(response, loose=True)
+    return joined is not None and joined != extracted and answers_match(joined, gold_ans)
+
+
 def answer_for_log(response: str, gold: str) -> str | None:
     """The answer :func:`grade` finds in ``response`` for this ``gold`` (None on any error: display only)."""
     try:
@@ -131,6 +141,7 @@ def grade(response: str, gold: str, *, timeout_s: float | None = GRADE_TIMEOUT_S
             correct = extracted is not None and (
                 key(normalize_answer(extracted)) == key(normalize_answer(gold))  # the gold's own text
                 or answers_match(extracted, g)
+                or _parts_boxed_apart(response, extracted, g)
             )
         return Grade(extracted, bool(correct))
     except GradingTimeout:
