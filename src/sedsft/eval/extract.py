@@ -213,10 +213,19 @@ def _reduce_phrase(rest: str, numeric: bool) -> str | None:
 
 
 def _phrase_answer(tail: str, numeric: bool) -> str | None:
-    for m in reversed(list(_PHRASE_RE.finditer(tail))):
-        found = _reduce_phrase(tail[m.end() :], numeric)
-        if found:
-            return found
+    # The last phrase wins. Every phrase holds "answer" or "####": scan from just before the last of
+    # those first (a cheap string search), then, if that gives nothing, the whole tail.
+    low = tail.lower() if tail.isascii() else None
+    last = max(low.rfind("answer"), low.rfind("####")) if low is not None else 0
+    if last < 0:
+        return None
+    for start in (max(0, last - 24), 0):
+        for m in reversed(list(_PHRASE_RE.finditer(tail, start))):
+            found = _reduce_phrase(tail[m.end() :], numeric)
+            if found:
+                return found
+        if start == 0:
+            break
     return None
 
 
@@ -224,7 +233,7 @@ def _phrase_answer(tail: str, numeric: bool) -> str | None:
 
 
 def _minerva(tail: str) -> str | None:
-    found = list(_MINERVA_RE.finditer(tail)) if "hope" in tail.lower() else []
+    found = list(_MINERVA_RE.finditer(tail)) if "hope" in tail or "HOPE" in tail else []
     return found[-1].group("x").strip() if found else None
 
 

@@ -40,12 +40,18 @@ _MALFORMED = (  # \frac12, \frac1{2}, \frac{1}2, \sqrt3: the braces written out
     (re.compile(r"\\sqrt\s*(\d)"), r"\\sqrt{\1}"),
 )
 _MEMBER_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")  # "x \in [1, 2]" states the set
-_SYNONYMS = (
-    (re.compile(r"\\(?:varnothing|O)\b|\\\{\s*\\\}"), r"\\emptyset"),
-    (re.compile(r"\\mathbb\s*\{?R\}?|\(\s*-\s*\\infty\s*,\s*\+?\s*\\infty\s*\)"), r"(-\\infty,\\infty)"),
-    (re.compile(r"\binfinity\b"), r"\\infty"),
-    (re.compile(r"\\(ne|le|ge)q\b"), r"\\\1"),
+_SYNONYMS = (  # (what must be in the text, pattern, replacement)
+    (("\\varnothing", "\\O", "\\{"), re.compile(r"\\(?:varnothing|O)\b|\\\{\s*\\\}"), r"\\emptyset"),
+    (
+        ("mathbb", "infty"),
+        re.compile(r"\\mathbb\s*\{?R\}?|\(\s*-\s*\\infty\s*,\s*\+?\s*\\infty\s*\)"),
+        r"(-\\infty,\\infty)",
+    ),
+    (("infinity",), re.compile(r"\binfinity\b"), r"\\infty"),
+    (("eq",), re.compile(r"\\(ne|le|ge)q\b"), r"\\\1"),
 )
+_MALFORMED_ANY_RE = re.compile(r"\\(?:frac|sqrt)\s*\d|\\frac\s*\{[^{}]*\}\s*\d")
+_SPACE_COMMAND_RE = re.compile(r"\\[,;: ]")
 
 
 def _strip_wrappers(s: str) -> str:
@@ -55,11 +61,14 @@ def _strip_wrappers(s: str) -> str:
         if not s.startswith(("$", "\\")):
             return s
         for a, b in _DELIMS:
-            inner = s[len(a) : -len(b)] if len(s) >= len(a) + len(b) else None
-            if inner is not None and s.startswith(a) and s.endswith(b) and a not in inner:
-                s = inner
-                break
+            if s.startswith(a) and s.endswith(b) and len(s) >= len(a) + len(b):
+                inner = s[len(a) : -len(b)]
+                if a not in inner:
+                    s = inner
+                    break
         else:
+            if not s.startswith(("\\boxed", "\\fbox")):
+                return s
             m = _WHOLE_BOX_RE.fullmatch(s)
             if not (m and _balanced(m.group(1))):
                 return s
@@ -88,22 +97,23 @@ def normalize_answer(text: str) -> str:
         if "frac" in s or "sqrt" in s:
             for a, b in ((r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), (r"\cfrac", r"\frac")):
                 s = s.replace(a, b)
-            for pattern, repl in _MALFORMED:
-                s = pattern.sub(repl, s)
+            if _MALFORMED_ANY_RE.search(s):
+                for pattern, repl in _MALFORMED:
+                    s = pattern.sub(repl, s)
         if "left" in s or "right" in s or "big" in s or "Big" in s:
             s = _LEFT_RIGHT_RE.sub("", s)
         for d in (r"\displaystyle", r"\textstyle", "\\$"):
             s = s.replace(d, "")
         if "\\begin" in s:
             s = _MATRIX_RE.sub(lambda m: "\\" + m.group(1) + "{pmatrix}", s)
-    if latex or "{," in s:
+    if "," in s or "\\!" in s or "\\;" in s:
         s = _THOUSANDS_MARK_RE.sub("", s).replace("\\!", "")
-    if latex or "~" in s:
+    if "~" in s or (latex and ("quad" in s or _SPACE_COMMAND_RE.search(s))):
         s = _SPACING_RE.sub(" ", s)
     s = s.replace("$", "")
     if "circ" in s or "degree" in s or "°" in s:
         s = _DEGREE_RE.sub("", s)
-    if "%" in s or "p" in s:
+    if "%" in s or "percent" in s or "pct" in s:
         s = _PERCENT_RE.sub("", s)
     s = s.strip().rstrip(".").strip()
     if _DECIMAL_RE.fullmatch(s):
@@ -132,8 +142,9 @@ def normalize_answer(text: str) -> str:
         if m:
             s = m.group(1)
     if latex or "inf" in s:
-        for pattern, repl in _SYNONYMS:
-            s = pattern.sub(repl, s)
+        for trigger, pattern, repl in _SYNONYMS:
+            if any(t in s for t in trigger):
+                s = pattern.sub(repl, s)
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "").replace(" ", "")
     return s
