@@ -233,7 +233,7 @@ def _phrase_answer(tail: str, numeric: bool) -> str | None:
 
 
 def _minerva(tail: str) -> str | None:
-    found = list(_MINERVA_RE.finditer(tail)) if "hope" in tail or "HOPE" in tail else []
+    found = list(_MINERVA_RE.finditer(tail)) if "hope" in tail or "Hope" in tail or "HOPE" in tail else []
     return found[-1].group("x").strip() if found else None
 
 
