@@ -79,8 +79,9 @@ def test_summary_metric_and_bad_outputs(tmp_path):
 
 
 def test_grid_parsing_and_pipeline_loading(tmp_path, monkeypatch):
-    assert parse_grid(["r=0.5,0.7", "k=2,3"]) == ([0.5, 0.7], [2, 3])
-    for bad in (["r=0.5"], ["x=1", "k=2"], ["r=a", "k=2"]):
+    assert parse_grid(["r=0.5,0.7", "k=2,3"]) == ([0.5, 0.7], [2, 3], None)
+    assert parse_grid(["lam=1,4"]) == ([0.7], [2], [1.0, 4.0])  # r and k at the paper's values
+    for bad in (["x=1", "k=2"], ["r=a", "k=2"], ["lam=", "k=2"], ["k=2", "k=3"]):
         with pytest.raises(UserError):
             parse_grid(bad)
     for bad in ("__import__('os').system('true')", "os.system", "a:b:c"):
@@ -93,3 +94,70 @@ def test_grid_parsing_and_pipeline_loading(tmp_path, monkeypatch):
     assert load_pipeline("my_sweep_pipeline:run")(0.5, 2) == {"avg": 2.5}
     with pytest.raises(UserError, match="no function"):
         load_pipeline("my_sweep_pipeline:missing")
+
+
+class LamStub:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, r, k, lam=None):
+        self.calls.append((r, k, lam))
+        return {"acc": r + k + (lam or 0.0), "avg": lam or 0.0}
+
+
+def test_lambda_axis_resumes_and_tabulates_a_grid_per_lambda(tmp_path):
+    points = grid([0.5, 0.7], [2], [1.0, 4.0])
+    assert [p.key for p in points] == [
+        "r=0.5,k=2,lam=1.0",
+        "r=0.5,k=2,lam=4.0",
+        "r=0.7,k=2,lam=1.0",
+        "r=0.7,k=2,lam=4.0",
+    ]
+    first = LamStub()
+    run_sweep(points[:2], first, output_dir=tmp_path)
+    assert first.calls == [(0.5, 2, 1.0), (0.5, 2, 4.0)]
+    second = LamStub()
+    res = run_sweep(points, second, output_dir=tmp_path)
+    assert second.calls == [(0.7, 2, 1.0), (0.7, 2, 4.0)] and len(res.reused) == 2
+    table = (tmp_path / "sweep_table.md").read_text()
+    assert "| r | k | lam | acc | avg |" in table and "| 0.7 | 2 | 4 | 6.7 | 4 |" in table
+    assert "avg by masking ratio r (rows) and top-k (columns), lambda = 1:" in table
+    assert "avg by masking ratio r (rows) and top-k (columns), lambda = 4:" in table
+    assert (tmp_path / "sweep_grid.csv").read_text().splitlines()[0] == "mask_ratio,top_k,lam,avg"
+    check_png(tmp_path / "sweep_heatmap.png")
+    # a point without lambda keeps the old key, so logs written before the lambda axis still resume
+    assert SweepPoint(0.7, 2).key == "r=0.7,k=2" and SweepPoint(0.7, 2).args() == (0.7, 2)
+    with pytest.raises(UserError, match="lam must be"):
+        grid([0.5], [2], [-1.0])
+
+
+def test_a_two_argument_pipeline_is_refused_for_a_lambda_grid(tmp_path, monkeypatch):
+    from sedsft.analysis.sweep_cli import main
+
+    (tmp_path / "two_args_pipeline.py").write_text("def run(r, k):\n    return {'avg': r + k}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="takes only"):
+        main(
+            [
+                "--pipeline",
+                "two_args_pipeline:run",
+                "--grid",
+                "lam=1,2",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
+    assert (
+        main(
+            [
+                "--pipeline",
+                "two_args_pipeline:run",
+                "--grid",
+                "r=0.5",
+                "k=2",
+                "--output_dir",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )

@@ -16,7 +16,7 @@ from sedsft.demo.world import (
     build_sft_set,
     classify_strategy,
     extract_boxed,
-    is_correct,
+    grade_sum,
     make_problem,
     render_solution,
     role_of,
@@ -49,7 +49,7 @@ def test_every_renderer_is_correct_and_classified_back():
         for s in strategies_for(p):
             text = render_solution(p, s)
             assert text.endswith(f"\\boxed{{{p.answer}}}")
-            assert extract_boxed(text) == p.answer and is_correct(p, text)
+            assert extract_boxed(text) == p.answer and grade_sum(p, text)
             assert classify_strategy(p, text) == s
             # every line but the last is a true addition
             for line in text.split("\n")[:-1]:
@@ -72,7 +72,7 @@ def test_tens_only_for_two_digit_splits():
 def test_classify_tolerates_wrong_intermediate_values_but_not_wrong_terms():
     p = make_problem((47, 38, 25), "L3")
     assert classify_strategy(p, "47+38=84\n84+25=109\n\\boxed{109}") == "left"
-    assert not is_correct(p, "47+38=84\n84+25=109\n\\boxed{109}")
+    assert not grade_sum(p, "47+38=84\n84+25=109\n\\boxed{109}")
     assert classify_strategy(p, "47+39=86\n86+25=111\n\\boxed{111}") is None  # misread term
 
 

@@ -1,11 +1,13 @@
-"""Sensitivity sweep over SED-SFT's masking ratio r and top-k (the paper's Table 3), resumable.
+"""Sensitivity sweep over SED-SFT's masking ratio r, top-k and lambda (the paper's Table 3), resumable.
 
 :func:`run_sweep` calls a pipeline ``run_point(mask_ratio, top_k) -> {metric: value}`` once per grid
-point and appends each finished point to ``sweep_points.jsonl`` as soon as it returns; run again with
-the same output folder and the finished points are read back instead of recomputed (a point is keyed by
-(r, k), r rounded to 6 decimals). Then it writes a Table 3-style Markdown table (one row per point, one
-column per metric), an r x k grid of one summary metric as Markdown, CSV and a heatmap PNG, and a JSON
-summary. Outputs are rewritten after every point, so an interrupted sweep still leaves its tables.
+point (``run_point(mask_ratio, top_k, lam)`` for points that set lambda) and appends each finished
+point to ``sweep_points.jsonl`` as soon as it returns; run again with the same output folder and the
+finished points are read back instead of recomputed (a point is keyed by (r, k) and lambda when set,
+r and lambda rounded to 6 decimals). Then it writes a Table 3-style Markdown table (one row per point,
+one column per metric), an r x k grid of one summary metric per lambda as Markdown, CSV and a heatmap
+PNG, and a JSON summary. Outputs are rewritten after every point, so an interrupted sweep still leaves
+its tables.
 
 The summary metric is ``metric`` when given, else ``"avg"`` when every point reports one, else the
 mean of each point's metrics (named ``"mean of metrics"``).
@@ -37,23 +39,41 @@ MEAN_OF_METRICS = "mean of metrics"
 class SweepPoint:
     mask_ratio: float  # r: the fraction of most confident positions kept out of the penalty
     top_k: int  # k of P_topk
+    lam: float | None = None  # SED's lambda; None = the pipeline's default (the point's key leaves it out)
 
     def __post_init__(self):
-        r, k = self.mask_ratio, self.top_k
+        r, k, lam = self.mask_ratio, self.top_k, self.lam
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise UserError(f"top_k must be an integer >= 1, got {k!r}")
         if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0.0 <= r <= 1.0:
             raise UserError(f"mask_ratio must be a number in [0, 1], got {r!r}")
         object.__setattr__(self, "mask_ratio", round(float(r), 6))
+        if lam is not None:
+            if (
+                isinstance(lam, bool)
+                or not isinstance(lam, (int, float))
+                or not (math.isfinite(lam) and lam >= 0)
+            ):
+                raise UserError(f"lam must be a finite number >= 0, got {lam!r}")
+            object.__setattr__(self, "lam", round(float(lam), 6))
 
     @property
     def key(self) -> str:
-        return f"r={self.mask_ratio!r},k={self.top_k}"
+        return f"r={self.mask_ratio!r},k={self.top_k}" + (
+            f",lam={self.lam!r}" if self.lam is not None else ""
+        )
+
+    def args(self) -> tuple:
+        """The pipeline's positional arguments: (r, k), and lambda when the point sets it."""
+        return (self.mask_ratio, self.top_k) if self.lam is None else (self.mask_ratio, self.top_k, self.lam)
 
 
-def grid(mask_ratios: Iterable[float], top_ks: Iterable[int]) -> list[SweepPoint]:
-    """Every (r, k) pair, r-major, in the order given."""
-    return [SweepPoint(float(r), int(k)) for r in mask_ratios for k in top_ks]
+def grid(
+    mask_ratios: Iterable[float], top_ks: Iterable[int], lams: Iterable[float] | None = None
+) -> list[SweepPoint]:
+    """Every (r, k[, lam]) combination, r-major, in the order given."""
+    lam_values = [None] if lams is None else [float(x) for x in lams]
+    return [SweepPoint(float(r), int(k), lam) for r in mask_ratios for k in top_ks for lam in lam_values]
 
 
 @dataclass
@@ -93,7 +113,7 @@ def _clean_metrics(metrics, point: SweepPoint) -> dict[str, float]:
 
 def run_sweep(
     points: Iterable[SweepPoint | tuple[float, int]],
-    run_point: Callable[[float, int], dict[str, float]],
+    run_point: Callable[..., dict[str, float]],
     *,
     output_dir: str | os.PathLike,
     metric: str | None = None,
@@ -102,7 +122,8 @@ def run_sweep(
     pipeline: str | None = None,
     overwrite: bool = False,
 ) -> SweepResult:
-    """Run ``run_point(r, k)`` for every point not already in ``output_dir/sweep_points.jsonl``; write the tables.
+    """Run ``run_point(*point.args())`` for every point not already in ``output_dir/sweep_points.jsonl``;
+    write the tables.
 
     ``output_dir`` is a run folder (:mod:`sedsft.runs`) of this ``pipeline`` (default: ``run_point``'s
     module and name): points of another pipeline are never read back; ``overwrite`` starts over.
@@ -127,7 +148,7 @@ def run_sweep(
             continue
         start = time.perf_counter()
         try:
-            metrics = _clean_metrics(run_point(point.mask_ratio, point.top_k), point)
+            metrics = _clean_metrics(run_point(*point.args()), point)
         except BaseException:
             if any(
                 p.key in done for p in pts
@@ -139,6 +160,7 @@ def run_sweep(
             "key": point.key,
             "mask_ratio": point.mask_ratio,
             "top_k": point.top_k,
+            "lam": point.lam,
             "metrics": metrics,
             "seconds": round(time.perf_counter() - start, 3),
         }
@@ -151,7 +173,7 @@ def run_sweep(
 
 def summary_metric(rows: Sequence[dict], metric: str | None) -> str:
     if metric is not None:
-        missing = [f"r={r['mask_ratio']:g},k={r['top_k']}" for r in rows if metric not in r["metrics"]]
+        missing = [_name(r) for r in rows if metric not in r["metrics"]]
         if missing:
             have = sorted({m for r in rows for m in r["metrics"]})
             raise UserError(
@@ -171,73 +193,113 @@ def _fmt(v: float) -> str:
     return "nan" if math.isnan(v) else f"{v:.4g}"
 
 
+def _name(row: dict) -> str:
+    lam = row.get("lam")
+    return f"r={row['mask_ratio']:g},k={row['top_k']}" + (f",lam={lam:g}" if lam is not None else "")
+
+
+def _lams(rows: Sequence[dict]) -> list[float | None]:
+    return sorted({r.get("lam") for r in rows}, key=lambda x: (x is not None, x or 0.0))
+
+
 def markdown_tables(rows: Sequence[dict], metric: str) -> str:
-    """Table 3 layout (a row per (r, k), a column per metric), then the r x k grid of ``metric``."""
+    """Table 3 layout (a row per point, a column per metric), then the r x k grid of ``metric`` per lambda."""
     names = list(dict.fromkeys(m for r in rows for m in r["metrics"] if m != "avg"))
     names += ["avg"] if any("avg" in r["metrics"] for r in rows) else []
-    lines = ["| r | k | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    with_lam = any(r.get("lam") is not None for r in rows)
+    lam_head, lam_rule = ("lam | ", "---|") if with_lam else ("", "")
+    lines = [f"| r | k | {lam_head}" + " | ".join(names) + " |", "|---|---|" + lam_rule + "---|" * len(names)]
     for r in rows:
         cells = [_fmt(r["metrics"][n]) if n in r["metrics"] else "" for n in names]
-        lines.append(f"| {r['mask_ratio']:g} | {r['top_k']} | " + " | ".join(cells) + " |")
+        lam = r.get("lam")
+        lam_cell = (f"{lam:g} | " if lam is not None else "default | ") if with_lam else ""
+        lines.append(f"| {r['mask_ratio']:g} | {r['top_k']} | {lam_cell}" + " | ".join(cells) + " |")
     rs = sorted({r["mask_ratio"] for r in rows})
     ks = sorted({r["top_k"] for r in rows})
-    by = {(r["mask_ratio"], r["top_k"]): value_of(r, metric) for r in rows}
-    lines += [
-        "",
-        f"{metric} by masking ratio r (rows) and top-k (columns):",
-        "",
-        "| r \\ k | " + " | ".join(str(k) for k in ks) + " |",
-        "|---|" + "---|" * len(ks),
-    ]
-    for r in rs:
-        lines.append(f"| {r:g} | " + " | ".join(_fmt(by[(r, k)]) if (r, k) in by else "" for k in ks) + " |")
+    for lam in _lams(rows):
+        by = {(r["mask_ratio"], r["top_k"]): value_of(r, metric) for r in rows if r.get("lam") == lam}
+        where = "" if lam is None else f", lambda = {lam:g}"
+        lines += [
+            "",
+            f"{metric} by masking ratio r (rows) and top-k (columns){where}:",
+            "",
+            "| r \\ k | " + " | ".join(str(k) for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
+        for r in rs:
+            lines.append(
+                f"| {r:g} | " + " | ".join(_fmt(by[(r, k)]) if (r, k) in by else "" for k in ks) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def plot_sweep(
     rows: Sequence[dict], metric: str, path, *, unit: str | None = None, title: str | None = None
 ) -> Path:
-    """Heatmap of ``metric`` over r (rows) and k (columns); points not run yet are blank."""
+    """Heatmap of ``metric`` over r (rows) and k (columns), one panel per lambda; points not run yet are blank."""
     rs = sorted({r["mask_ratio"] for r in rows})
     ks = sorted({r["top_k"] for r in rows})
-    grid_v = np.full((len(rs), len(ks)), np.nan)  # [R, K]
-    for r in rows:
-        grid_v[rs.index(r["mask_ratio"]), ks.index(r["top_k"])] = value_of(r, metric)
-    fig = new_figure(max(4.5, 1.1 * len(ks) + 2.5), max(3.2, 0.6 * len(rs) + 1.8))
-    ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(grid_v), cmap="viridis", aspect="auto", origin="lower")
-    finite = grid_v[np.isfinite(grid_v)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for i in range(len(rs)):
-        for j in range(len(ks)):
-            v = grid_v[i, j]
-            if np.isfinite(v):
-                ax.text(
-                    j, i, _fmt(v), ha="center", va="center", fontsize=9, color="black" if v > mid else "white"
-                )
-    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
-    ax.set_yticks(range(len(rs)), [f"{r:g}" for r in rs])
-    ax.set_xlabel("top-k (number of tokens in P_topk)")
-    ax.set_ylabel("masking ratio r (fraction of positions)")
+    lams = _lams(rows)
+    panel_w = max(4.5, 1.1 * len(ks) + 2.5)
+    fig = new_figure(panel_w * len(lams), max(3.2, 0.6 * len(rs) + 1.8))
+    axes = fig.subplots(1, len(lams), squeeze=False)[0]
+    values = [value_of(r, metric) for r in rows]
+    finite = [v for v in values if math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    mid = (lo + hi) / 2
+    for ax, lam in zip(axes, lams):
+        grid_v = np.full((len(rs), len(ks)), np.nan)  # [R, K]
+        for r in rows:
+            if r.get("lam") == lam:
+                grid_v[rs.index(r["mask_ratio"]), ks.index(r["top_k"])] = value_of(r, metric)
+        im = ax.imshow(
+            np.ma.masked_invalid(grid_v), cmap="viridis", aspect="auto", origin="lower", vmin=lo, vmax=hi
+        )
+        for i in range(len(rs)):
+            for j in range(len(ks)):
+                v = grid_v[i, j]
+                if np.isfinite(v):
+                    ax.text(
+                        j,
+                        i,
+                        _fmt(v),
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="black" if v > mid else "white",
+                    )
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_yticks(range(len(rs)), [f"{r:g}" for r in rs])
+        ax.set_xlabel("top-k (number of tokens in P_topk)")
+        ax.set_ylabel("masking ratio r (fraction of positions)")
+        if lam is not None:
+            ax.set_title(f"lambda = {lam:g}", fontsize=9)
     label = f"{metric} ({unit})" if unit else f"{metric} (units as reported by the pipeline)"
-    fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(title or f"SED-SFT sensitivity to r and k: {metric}", fontsize=10)
+    fig.colorbar(im, ax=list(axes), label=label)
+    fig.suptitle(
+        title or f"SED-SFT sensitivity to r, k{' and lambda' if len(lams) > 1 else ''}: {metric}", fontsize=10
+    )
     return save_png(fig, path)
 
 
 def _write_outputs(pts, done, computed, reused, out: Path, *, metric, unit, title) -> SweepResult:
-    rows = [
-        {k: done[p.key][k] for k in ("mask_ratio", "top_k", "metrics", "seconds")}
-        for p in pts
-        if p.key in done
-    ]
+    fields = ("mask_ratio", "top_k", "lam", "metrics", "seconds")  # logs from before lambda: lam None
+    rows = [{k: done[p.key].get(k) for k in fields} for p in pts if p.key in done]
     name = summary_metric(rows, metric)
     table = markdown_tables(rows, name)
-    csv = "mask_ratio,top_k,metric,value\n" + "".join(
-        f"{r['mask_ratio']!r},{r['top_k']},{m},{v!r}\n" for r in rows for m, v in r["metrics"].items()
+    with_lam = any(r["lam"] is not None for r in rows)
+
+    def ids(r: dict) -> str:
+        return f"{r['mask_ratio']!r},{r['top_k']}" + (
+            f",{'' if r['lam'] is None else repr(r['lam'])}" if with_lam else ""
+        )
+
+    head = "mask_ratio,top_k" + (",lam" if with_lam else "")
+    csv = f"{head},metric,value\n" + "".join(
+        f"{ids(r)},{m},{v!r}\n" for r in rows for m, v in r["metrics"].items()
     )
-    grid_csv = f"mask_ratio,top_k,{name.replace(' ', '_')}\n" + "".join(
-        f"{r['mask_ratio']!r},{r['top_k']},{value_of(r, name)!r}\n" for r in rows
+    grid_csv = f"{head},{name.replace(' ', '_')}\n" + "".join(
+        f"{ids(r)},{value_of(r, name)!r}\n" for r in rows
     )
     files = {
         "table_md": atomic_write_text(out / "sweep_table.md", table),

@@ -1,33 +1,23 @@
-"""Stage 0 of the demo: a tiny Llama pre-trained from scratch on the diverse corpus, cached by config.
+"""Stage 0 of the demo: a tiny Llama pre-trained from scratch on the diverse corpus, shipped with sedsft.
 
 It stands in for the paper's instruct model: trained on every problem rendered with several solution
 strategies (full chat-formatted sequences, loss on every token), it samples several strategies per
-problem, which is the prior that SFT may or may not collapse. :func:`build_base_model` trains it once
-per :class:`BaseModelConfig` and saves model and tokenizer under ``cache_dir/<config hash>/``
-(written to a temporary folder, then renamed); later calls with the same config reuse that copy.
-:func:`measure_sampling` reports accuracy and strategy diversity per split when sampling.
+problem, which is the prior that SFT may or may not collapse.
 
-``python -m sedsft.demo.base_model [cache_dir]`` builds the default model and prints that report.
+Where it comes from. Training the default model takes minutes of CPU time (see ``docs/demo.md``), so
+the trained weights ship inside the package (:data:`PACKAGED`, float32 safetensors, ~0.55 MB) with
+the hash of the :class:`BaseModelConfig` that made them and a digest of the tokenizer's vocabulary in
+the file's metadata. :func:`build_base_model` returns the folder ``cache_dir/<config hash>/`` (model,
+tokenizer, ``base_config.json``, ``train_log.json``) and fills it, in this order of preference:
 
-Measured (seed 0, 2 CPU cores shared with other jobs, so times are noisy; sampling at temperature 1,
-32 held-out problems x 8 samples per split; "strategies" = distinct strategies per problem):
+1. the cached folder, if it exists (``rebuild=False``);
+2. the packaged weights, if their recorded config hash and vocabulary digest equal this config's and
+   this tokenizer's (verified at every load: another config, world or training code never gets them);
+3. training (:func:`train_base_model`), always with ``rebuild=True`` (``sedsft demo --rebuild_base``).
 
-| config | params | steps (epochs) | train time | loss | accuracy L1..L5 | strategies L1..L5 |
-| --- | --- | --- | --- | --- | --- | --- |
-| 128x3, MLP 384 | 653k | 800 (1.2) | 106 s (light load) | 0.63 | .15 .09 .04 .00 .00 | .22 .06 0 0 0 |
-| 64x2, MLP 256 | 138k | 2600 (4.0) | 1047 s (load ~5 on 2 cores; ~0.045 s/step, ~2 min, unloaded) | 0.39 | .39 .26 .25 .14 .02 | 1.5 .84 .88 .50 .03 |
-| 64x2, MLP 256 | 138k | 1500 | 175 s (1 thread, next to a twin run) | 0.55 | .23 .16 .02 .01 .01 | .5 0 0 0 0 |
-| 64x2, MLP 256, lr 1e-2 | 138k | 1500 | 178 s (same) | 0.54 | .08 .03 .02 .01 .01 | 0 0 0 0 0 |
-| 64x2, MLP 256 (default) | 138k | 8000 (~12) | 447 s (2 threads, nearly idle) | 0.32 | .81 .60 .96 .72 .65 | 2.0 1.2 2.3 1.8 1.6 |
-
-The last three rows: 24 problems x 4 samples per split. Copying the terms is learnt late: at 1500
-steps almost no sample follows a strategy, at 8000 most do, which is why the default spends about half
-of the demo's 15-minute budget here (``--quick`` uses 2800 steps and a correspondingly weaker model).
-
-Most failures of both are misread terms (the copy from the question is the last skill a tiny model
-learns), so many samples follow no strategy; where the default model does follow one on L4, ``tens``
-is right 82% of the time and ``left`` 0%, the asymmetry the world is designed around. More steps
-would help most; the budget of the demo is what caps them.
+The folder is written to a temporary name and renamed, so a half-written copy is never used.
+``python -m sedsft.demo.base_model`` retrains the default model and rewrites :data:`PACKAGED`: the
+one command that regenerates the shipped file.
 """
 
 from __future__ import annotations
@@ -39,7 +29,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,23 +36,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from sedsft.data import SFTCollator
 from sedsft.demo.tokenizer import DEMO_SYSTEM_PROMPT, build_tokenizer
-from sedsft.demo.world import (
-    SPLITS,
-    WORLD_VERSION,
-    Example,
-    Problem,
-    build_eval_problems,
-    build_pretrain_corpus,
-    classify_strategy,
-    is_correct,
-)
+from sedsft.demo.world import WORLD_VERSION, SumsExample, build_pretrain_corpus
 from sedsft.errors import UserError
-from sedsft.io import atomic_write_json
+from sedsft.io import atomic_write_json, read_json
 from sedsft.prompts import build_messages
 
-# Bump when the training code changes what a config produces, so cached models are rebuilt.
+# Bump when the training code changes what a config produces, so cached and packaged models are refused.
 BASE_MODEL_VERSION = "1"
+PACKAGED = Path(__file__).with_name("base_model.safetensors")
+SOURCES = ("cache", "package", "trained")
 
 
 @dataclass(frozen=True)
@@ -118,11 +101,6 @@ class BaseModelConfig:
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     @classmethod
-    def quick(cls, **overrides) -> BaseModelConfig:
-        """The demo's ``--quick`` base: the default model with 35% of the steps (about 2.5 min on 2 cores)."""
-        return cls(**{"steps": 2800, **overrides})
-
-    @classmethod
     def tiny(cls, **overrides) -> BaseModelConfig:
         """A config for tests: trains in a few seconds and learns little beyond the format."""
         base = dict(
@@ -139,7 +117,7 @@ class BaseModelConfig:
         return cls(**{**base, **overrides})
 
 
-def _sequences(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> list[list[int]]:
+def _sequences(tokenizer: PreTrainedTokenizerBase, examples: list[SumsExample]) -> list[list[int]]:
     """Token ids of each example as one full chat: prompt turn(s) and the assistant's solution."""
     chats = [
         build_messages(e.problem.question, system_prompt=DEMO_SYSTEM_PROMPT)
@@ -148,17 +126,6 @@ def _sequences(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> l
     ]
     texts = tokenizer.apply_chat_template(chats, tokenize=False)
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-def _batch(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    labels = ids.masked_fill(mask == 0, -100)  # [B, T]; the model shifts labels itself
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _model(cfg: BaseModelConfig, tokenizer: PreTrainedTokenizerBase, max_len: int) -> LlamaForCausalLM:
@@ -177,10 +144,14 @@ def _model(cfg: BaseModelConfig, tokenizer: PreTrainedTokenizerBase, max_len: in
     )
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(config)
+    _set_generation_ids(model, tokenizer)
+    return model
+
+
+def _set_generation_ids(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
-    return model
 
 
 def train_base_model(
@@ -208,6 +179,7 @@ def train_base_model(
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress_frac))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    collate = SFTCollator(tokenizer.pad_token_id)
     gen = torch.Generator().manual_seed(cfg.seed)
     order: list[int] = []
     losses: list[float] = []
@@ -218,7 +190,8 @@ def train_base_model(
         if len(order) < cfg.batch_size:  # a new epoch: reshuffle
             order += torch.randperm(len(seqs), generator=gen).tolist()
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        batch = {k: v.to(device) for k, v in _batch([seqs[i] for i in idx], tokenizer.pad_token_id).items()}
+        rows = [{"input_ids": seqs[i], "labels": seqs[i]} for i in idx]  # loss on every token
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -241,25 +214,96 @@ def train_base_model(
     return model, log
 
 
+def vocab_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 of the tokenizer's token -> id table: packaged weights are only valid for this vocabulary."""
+    table = json.dumps(sorted(tokenizer.get_vocab().items()), separators=(",", ":"))
+    return hashlib.sha256(table.encode()).hexdigest()[:16]
+
+
+def export_base_model(model_dir: str | os.PathLike, path: str | os.PathLike = PACKAGED) -> Path:
+    """Write the base model in ``model_dir`` (a :func:`build_base_model` folder) as one safetensors file:
+    its float32 weights (the tied head once), and in the metadata its config hash, model config,
+    vocabulary digest and training log."""
+    from safetensors.torch import save_file
+
+    from sedsft.models import load_local_model
+
+    model_dir = Path(model_dir)
+    info = read_json(model_dir / "base_config.json")
+    model, tokenizer = load_local_model(model_dir, dtype="float32", device="cpu")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    log = {k: v for k, v in read_json(model_dir / "train_log.json").items() if k != "losses"}
+    meta = {
+        "hash": info["hash"],
+        "base_config": json.dumps({k: v for k, v in info.items() if k not in ("hash", "source")}),
+        "model_config": model.config.to_json_string(use_diff=False),
+        "vocab": vocab_digest(tokenizer),
+        "train_log": json.dumps(log),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def packaged_model(cfg: BaseModelConfig, tokenizer, path: str | os.PathLike = PACKAGED):
+    """(model, training log) from the packaged file if it was made by ``cfg`` for ``tokenizer``, else None."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("hash") != cfg.hash() or meta.get("vocab") != vocab_digest(tokenizer):
+        return None
+    model = LlamaForCausalLM(LlamaConfig.from_dict(json.loads(meta["model_config"])))
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(
+            f"{path} does not fit its own model config: missing {missing}, unexpected {unexpected}"
+        )
+    model.tie_weights()
+    _set_generation_ids(model, tokenizer)
+    return model.eval(), json.loads(meta["train_log"])
+
+
 def build_base_model(
-    cfg: BaseModelConfig, cache_dir: str | os.PathLike, *, progress: bool = True, device: str = "cpu"
+    cfg: BaseModelConfig,
+    cache_dir: str | os.PathLike,
+    *,
+    rebuild: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    packaged: str | os.PathLike = PACKAGED,
 ) -> Path:
-    """The folder of the base model for ``cfg`` (model, tokenizer, ``base_config.json``,
-    ``train_log.json``), training it only if ``cache_dir/<cfg.hash()>`` does not exist yet."""
+    """The folder of the base model for ``cfg``: cached, unpacked from ``packaged``, or trained (module
+    doc); ``base_config.json`` in it records which (``source``)."""
     final = Path(cache_dir) / cfg.hash()
-    if (final / "base_config.json").exists():
+    if (final / "base_config.json").exists() and not rebuild:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    model, log = train_base_model(cfg, tokenizer=tokenizer, progress=progress, device=device)
+    found = None if rebuild else packaged_model(cfg, tokenizer, packaged)
+    if found is not None:
+        (model, log), source = found, "package"
+    else:
+        (model, log), source = (
+            train_base_model(cfg, tokenizer=tokenizer, progress=progress, device=device),
+            "trained",
+        )
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "train_log.json", log)
-        atomic_write_json(tmp / "base_config.json", {"hash": cfg.hash(), **asdict(cfg)})  # written last
+        atomic_write_json(tmp / "base_config.json", {"hash": cfg.hash(), "source": source, **asdict(cfg)})
         for f in [tmp, *tmp.iterdir()]:  # mkdtemp/mkstemp create owner-only files; share like save_pretrained
             f.chmod(0o755 if f.is_dir() else 0o644)
+        if rebuild and final.exists():
+            shutil.rmtree(final)  # --rebuild_base replaces the cached copy
         try:
             os.rename(tmp, final)
         except OSError:
@@ -272,121 +316,16 @@ def build_base_model(
     return final
 
 
-# --- sampling report -----------------------------------------------------------------------------
-
-
-@dataclass
-class SplitSampling:
-    """Sampling statistics of one split: accuracy over all samples, strategy coverage per problem."""
-
-    accuracy: float
-    mean_strategies: float  # distinct strategies among one problem's samples, averaged over problems
-    unrecognised: float  # share of samples that follow no strategy
-    strategy_share: dict[str, float]  # share of samples per strategy
-    strategy_accuracy: dict[str, float]  # accuracy of the samples that used each strategy
-
-
-@torch.no_grad()
-def sample_responses(
-    model: LlamaForCausalLM,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: list[Problem],
-    *,
-    n: int,
-    temperature: float = 1.0,
-    max_new_tokens: int = 128,
-    seed: int = 0,
-    device: str = "cpu",
-) -> list[list[str]]:
-    """``n`` sampled responses per problem (pure temperature sampling, no top-k/top-p)."""
-    torch.manual_seed(seed)
-    prompts = [
-        tokenizer.apply_chat_template(
-            build_messages(p.question, system_prompt=DEMO_SYSTEM_PROMPT),
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for p in problems
-    ]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    out = model.generate(
-        **enc.to(device),
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        num_return_sequences=n,
-        max_new_tokens=max_new_tokens,
-    )  # [P * n, T]
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [texts[i * n : (i + 1) * n] for i in range(len(problems))]
-
-
-def measure_sampling(
-    model_dir: str | os.PathLike,
-    *,
-    n_per_split: int = 32,
-    samples_per_problem: int = 8,
-    temperature: float = 1.0,
-    seed: int = 0,
-    device: str = "cpu",
-) -> dict[str, SplitSampling]:
-    """Accuracy and strategy diversity of the model in ``model_dir`` on held-out problems, per split."""
-    from transformers import AutoTokenizer
-
-    model = LlamaForCausalLM.from_pretrained(model_dir).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    report = {}
-    for split in SPLITS:
-        problems = [p for p in build_eval_problems(n_per_split=n_per_split) if p.split == split]
-        samples = sample_responses(
-            model,
-            tokenizer,
-            problems,
-            n=samples_per_problem,
-            temperature=temperature,
-            seed=seed,
-            device=device,
-        )
-        used = Counter()
-        right = Counter()
-        coverage = []
-        for p, responses in zip(problems, samples):
-            kinds = [classify_strategy(p, r) for r in responses]
-            coverage.append(len({k for k in kinds if k}))
-            for k, r in zip(kinds, responses):
-                used[k] += 1
-                right[k] += is_correct(p, r)
-        total = sum(used.values())
-        report[split] = SplitSampling(
-            accuracy=sum(right.values()) / total,
-            mean_strategies=sum(coverage) / len(coverage),
-            unrecognised=used[None] / total,
-            strategy_share={k: used[k] / total for k in sorted(k for k in used if k)},
-            strategy_accuracy={k: right[k] / used[k] for k in sorted(k for k in used if k)},
-        )
-    return report
-
-
 def _main() -> None:
-    """``python -m sedsft.demo.base_model [cache_dir]``: build the default base model and report on it."""
+    """``python -m sedsft.demo.base_model [cache_dir]``: retrain the default model, rewrite the packaged file."""
     import sys
 
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = BaseModelConfig()
-    path = build_base_model(cfg, sys.argv[1] if len(sys.argv) > 1 else ".cache/demo-base")
-    print(
-        path,
-        json.dumps(
-            {k: v for k, v in json.loads((path / "train_log.json").read_text()).items() if k != "losses"}
-        ),
-    )
-    for split, s in measure_sampling(path).items():
-        print(split, SPLITS[split].description, json.dumps(asdict(s)))
+    cache = sys.argv[1] if len(sys.argv) > 1 else ".cache/demo-base"
+    path = build_base_model(BaseModelConfig(), cache, rebuild=True)
+    out = export_base_model(path)
+    log = read_json(path / "train_log.json")
+    print(f"trained {path} in {log['train_seconds']} s; wrote {out} ({out.stat().st_size:,} bytes)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """``sedsft demo``: the paper's SFT -> GRPO -> evaluation comparison, end to end on a laptop CPU.
 
-    sedsft demo                      # all five objectives, one seed (about 15 minutes on 2 cores)
-    sedsft demo --quick              # CE vs SED-SFT on smaller budgets (about 4 minutes)
-    sedsft demo --seeds 3            # mean +- std over seeds 0, 1, 2
-    sedsft demo --objectives ce,sed  # a subset, on the default budgets
+    sedsft demo                          # every objective + SED-SFT at lambda 2 and 4, 3 seeds
+    sedsft demo --quick                  # CE vs SED-SFT, one seed, smaller evaluation
+    sedsft demo --objectives ce,sed --sed_lambdas 1,4 --seeds 2
+    sedsft demo --rebuild_base           # retrain the base model instead of using the packaged one
 
 Writes ``<output_dir>/report.md`` and ``<output_dir>/results.json``; rerunning the same command skips
 the stages already finished. ``--output_dir`` is a run folder (:mod:`sedsft.runs`): a demo with other
@@ -19,47 +19,76 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from sedsft.cli_parse import RunOptions, parse_command
 from sedsft.errors import UserError, check_count
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _lambdas(text: str | None) -> tuple[float, ...] | None:
+    names = _names(text)
+    if names is None or text.strip().lower() == "none":
+        return None if names is None else ()
+    try:
+        return tuple(float(x) for x in names)
+    except ValueError:
+        raise UserError(
+            f"--sed_lambdas takes comma-separated numbers such as 1,2,4 (or none), got {text!r}"
+        ) from None
 
 
 @dataclass
 class DemoArgs:
-    """Which preset of :class:`~sedsft.demo.config.DemoConfig` runs, how often, and where."""
+    """The options of ``sedsft demo``: a preset, the rows and seeds it runs, and where it writes."""
 
-    quick: bool = field(default=False, metadata={"help": "CE and SED-SFT on smaller budgets (~4 min)"})
-    seeds: int = field(default=1, metadata={"help": "seeds of the SFT/RL/eval stages (mean +- std)"})
-    output_dir: str = field(default="demo_out", metadata={"help": "where the report and every stage go"})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "base-model cache (default: $SEDSFT_CACHE or ~/.cache/sedsft)"}
-    )
+    quick: bool = field(default=False, metadata={"help": "CE and SED-SFT, one seed, smaller evaluation"})
     objectives: str | None = field(
-        default=None, metadata={"help": "comma-separated subset of ce,gem,dft,sed_nomask,sed"}
+        default=None, metadata={"help": "comma-separated registry objectives (default: the preset's)"}
     )
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: all cores)"})
-    progress: bool = field(default=True, metadata={"help": "progress bars"})
+    sed_lambdas: str | None = field(
+        default=None,
+        metadata={"help": "lambda ablation: a SED-SFT row per value, e.g. 1,2,4; 'none' for no ablation"},
+    )
+    seeds: int | None = field(default=None, metadata={"help": "seeds 0..N-1 (default: 3, quick 1)"})
+    output_dir: str = field(
+        default="demo_out", metadata={"help": "where the report and every stage go", "manifest": False}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "base-model cache (default: $SEDSFT_CACHE or ~/.cache/sedsft)", "manifest": False},
+    )
+    rebuild_base: bool = field(
+        default=False, metadata={"help": "retrain the base model (minutes) instead of the packaged one"}
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: all cores)", "manifest": False}
+    )
+    progress: bool = field(default=True, metadata={"help": "progress bars", "manifest": False})
 
     def __post_init__(self):
-        check_count("seeds", self.seeds)
+        check_count("seeds", self.seeds, allow_none=True)
         check_count("threads", self.threads, allow_none=True)
-        if self.objectives is not None and not [o for o in self.objectives.split(",") if o.strip()]:
+        if self.objectives is not None and not _names(self.objectives):
             raise UserError("--objectives is empty; give e.g. --objectives ce,sed")
+
+    def config(self):
+        from sedsft.demo.config import DemoConfig
+
+        cfg = DemoConfig.quick() if self.quick else DemoConfig.default()
+        return cfg.with_rows(
+            objectives=_names(self.objectives), sed_lambdas=_lambdas(self.sed_lambdas), seeds=self.seeds
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, run_options = parse_command(
-        "demo",
-        sys.argv[1:] if argv is None else argv,
-        DemoArgs,
-        RunOptions,
-        description=__doc__.split("\n\n")[0],
-    )
-    from sedsft.demo.config import DemoConfig
+    from sedsft.cli_parse import RunOptions, parse_command
 
-    cfg = DemoConfig.quick() if args.quick else DemoConfig.default()
-    if args.objectives is not None:
-        cfg = cfg.with_objectives([o.strip() for o in args.objectives.split(",") if o.strip()])
-
+    argv = sys.argv[1:] if argv is None else argv
+    args, run = parse_command("demo", argv, DemoArgs, RunOptions, description=__doc__.split("\n\n")[0])
+    cfg = args.config()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # child processes (grading workers) stay single-threaded
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -78,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg,
         output_dir=args.output_dir,
         cache_dir=args.cache_dir,
-        seeds=args.seeds,
         progress=args.progress,
-        overwrite=run_options.overwrite,
+        rebuild_base=args.rebuild_base,
+        overwrite=run.overwrite,
     )
     print()
     print(result.table)
@@ -91,7 +120,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {result.report_path}")
     print(f"results: {result.results_path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

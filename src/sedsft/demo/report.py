@@ -1,27 +1,442 @@
-"""The demo's report: ``report.md`` (Table 1 and 2 analogues, strategy coverage, curves, figures) and
-``results.json`` (every number, seeds, versions, stage times), both written atomically.
+"""The demo's report: ``report.md`` and ``results.json`` (every number, seeds, versions, stage times).
 
-Numbers over several seeds are shown as mean +- standard deviation (sample std, n - 1); with one
-seed only the value. Accuracy and coverage come from the evaluation stage's per-sample records; the
-curves from the trainers' own logs (``sedsft_metrics.jsonl`` for SFT, ``metrics.jsonl`` for GRPO).
-Each figure's numbers are written next to it as CSV.
+:data:`SECTIONS` is the one list of report sections, in order; each is a small function of a
+:class:`Report` (the config, the rows and the aggregated numbers) returning Markdown lines. Numbers
+over several seeds are mean +- sample standard deviation (n - 1); with one seed only the value. Every
+statement of who wins or whether something helps is computed from the numbers, never written by hand.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sedsft.analysis.plots import new_figure, save_png
-from sedsft.demo.config import DISPLAY, DemoConfig
+from sedsft.demo.config import DemoConfig, Variant
+from sedsft.demo.figures import plot_rl_curves, plot_sft_curves
+from sedsft.demo.stages import eval_key, rl_key
 from sedsft.demo.world import SPLITS, STRATEGIES
-from sedsft.io import atomic_write_json, atomic_write_text, read_jsonl_records
+from sedsft.io import atomic_write_json, atomic_write_text
 
-SFT_CURVES = ("loss", "mask_rate", "entropy", "gold_prob")
+
+def stat(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": sd, "n": len(values), "values": values}
+
+
+def fmt(s: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+    if s is None:
+        return "-"
+    if s["n"] > 1:
+        return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+    return f"{scale * s['mean']:.{digits}f}"
+
+
+def _hard(run: dict, hard: tuple[str, ...], get: Callable[[dict], float | None]) -> float | None:
+    vals = [get(run["splits"][s]) for s in hard if s in run["splits"]]
+    vals = [v for v in vals if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def aggregate(cfg: DemoConfig, rows: list[Variant], results: dict) -> dict:
+    """``base`` and ``<phase>/<row>``: per split and over the hard splits, mean/std over seeds."""
+    stages, table = results["stages"], {}
+    hard = cfg.hard_splits
+    entries = [("base", None)] + [(ph, v) for ph in ("sft", "rl") for v in rows]
+    for phase, v in entries:
+        seeds = [0] if phase == "base" else results["seeds"]
+        runs = [stages[k] for k in (eval_key(phase, v, s) for s in seeds) if k in stages]
+        if not runs:
+            continue
+        splits = {}
+        for split in SPLITS:
+            ms = [r["splits"][split] for r in runs if split in r["splits"]]
+            if ms:
+                splits[split] = {
+                    "accuracy": stat([m["accuracy"] for m in ms]),
+                    "self_bleu": stat(
+                        [m["self_bleu"] / 100 if m["self_bleu"] is not None else None for m in ms]
+                    ),
+                    "coverage": stat([m["coverage"] for m in ms]),
+                    "no_strategy": stat([m["no_strategy"] for m in ms]),
+                    "share": {
+                        s: statistics.fmean(m["strategy_share"].get(s, 0.0) for m in ms) for s in STRATEGIES
+                    },
+                }
+        table["base" if v is None else f"{phase}/{v.key}"] = {
+            "label": "base model" if v is None else v.label,
+            "seeds": [r["seed"] for r in runs],
+            "splits": splits,
+            "avg": stat([r["average"] for r in runs]),
+            "hard": {
+                "accuracy": stat([_hard(r, hard, lambda m: m["accuracy"]) for r in runs]),
+                "self_bleu": stat(
+                    [_hard(r, hard, lambda m: m["self_bleu"] and m["self_bleu"] / 100) for r in runs]
+                ),
+                "coverage": stat([_hard(r, hard, lambda m: m["coverage"]) for r in runs]),
+                "following": stat([_hard(r, hard, lambda m: 1 - m["no_strategy"]) for r in runs]),
+                "tens": stat([_hard(r, hard, lambda m: m["strategy_share"].get("tens", 0.0)) for r in runs]),
+            },
+        }
+    return table
+
+
+def rl_gains(cfg: DemoConfig, rows: list[Variant], results: dict) -> dict:
+    """Per row: GRPO's reward rise (last quarter of steps minus first) and held-out hard-split gain, per seed."""
+    stages, out = results["stages"], {}
+    for v in rows:
+        reward, acc = [], []
+        for s in results["seeds"]:
+            g, before, after = (
+                stages.get(rl_key(v, s)),
+                stages.get(eval_key("sft", v, s)),
+                stages.get(eval_key("rl", v, s)),
+            )
+            if g and g.get("reward_first") is not None:
+                reward.append(g["reward_last"] - g["reward_first"])
+            if before and after:
+                hard = cfg.hard_splits
+                acc.append(
+                    _hard(after, hard, lambda m: m["accuracy"]) - _hard(before, hard, lambda m: m["accuracy"])
+                )
+        if reward or acc:
+            out[v.key] = {"label": v.label, "reward_gain": stat(reward), "hard_accuracy_gain": stat(acc)}
+    return out
+
+
+@dataclass
+class Report:
+    out: Path
+    cfg: DemoConfig
+    rows: list[Variant]
+    results: dict
+    agg: dict
+    gains: dict
+
+    @property
+    def hard(self) -> str:
+        return "/".join(self.cfg.hard_splits)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.results["seeds"])
+
+
+def _exceeds(s: dict | None) -> str:
+    """'yes' when a mean gain is positive and larger than its seed-to-seed std, in words."""
+    if s is None:
+        return "not measured"
+    if s["n"] < 2:
+        return f"{100 * s['mean']:+.1f} points on one seed (no std: run more seeds to judge)"
+    verdict = "larger than" if s["mean"] > s["std"] else "NOT larger than"
+    return f"{100 * s['mean']:+.1f} ± {100 * s['std']:.1f} points over seeds {verdict} its std"
+
+
+# --- sections ------------------------------------------------------------------------------------------
+
+
+def sec_header(r: Report) -> list[str]:
+    res = r.results
+    calls = "; ".join(
+        f"{c['started_utc']} {c['seconds']:.0f} s ({c['stages_computed']} stages run, {c['stages_reused']} read back)"
+        for c in res.get("calls", [])
+    )
+    return [
+        f"# SED-SFT demo report ({r.cfg.name})",
+        "",
+        "A tiny Llama pre-trained on sums solved with four strategies, SFT'd on one strategy ('left') with each "
+        "objective (and SED-SFT at several lambdas), then GRPO on prompts filtered once by the base model, then "
+        "evaluated. The same hyper-parameters for every row; each objective's own options at the paper's "
+        "defaults except lambda in the ablation rows. See docs/demo.md for the design.",
+        "",
+        f"Seeds: {res['seeds']} (mean ± std over seeds where more than one). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in res["versions"].items())
+        + f". Torch threads: {res['threads']['torch_threads']}.",
+        "",
+        f"Measured wall time of each invocation on this folder (`calls.jsonl`): {calls}.",
+    ]
+
+
+def sec_verdict(r: Report) -> list[str]:
+    lines = ["## What the numbers say", ""]
+    for phase, name in (("sft", "after SFT"), ("rl", "after SFT + GRPO")):
+        avgs = {v: r.agg[f"{phase}/{v.key}"]["avg"] for v in r.rows if f"{phase}/{v.key}" in r.agg}
+        if len(avgs) < 2:
+            continue
+        ranked = sorted(avgs, key=lambda v: -avgs[v]["mean"])
+        line = f"- {name}, average accuracy: " + " > ".join(f"{v.label} {fmt(avgs[v])}" for v in ranked) + "."
+        ce, sed = Variant("ce"), Variant("sed")
+        if ce in avgs and sed in avgs:
+            d = avgs[sed]["mean"] - avgs[ce]["mean"]
+            spread = max(avgs[sed]["std"], avgs[ce]["std"])
+            line += f" SED-SFT is {abs(100 * d):.1f} points {'above' if d > 0 else 'below'} CE"
+            if r.n_seeds > 1:
+                line += (
+                    " (within the seed std)."
+                    if abs(d) <= spread
+                    else f" (seed std up to {100 * spread:.1f})."
+                )
+            else:
+                line += " (one seed: no error bar)."
+            line += "" if ranked[0] == sed else f" SED-SFT is not on top; {ranked[0].label} is."
+        lines.append(line)
+    return lines if len(lines) > 2 else lines + ["- only one row was run: nothing to compare."]
+
+
+def sec_base(r: Report) -> list[str]:
+    b, src = r.agg.get("base"), r.results["stages"]["base"]
+    if b is None:
+        return []
+    h = b["hard"]
+    return [
+        "## The base model",
+        "",
+        f"{src['train']['parameters']:,} parameters, source: {src['source']} (config hash {src['hash']}; "
+        f"{src['train']['epochs']} epochs over {src['train']['corpus_sequences']:,} sequences, final loss "
+        f"{src['train']['loss_last10']:.3f}). On {r.hard}, {fmt(h['following'])}% of its samples follow one of the "
+        f"four strategies ({fmt(h['coverage'], 1.0, 2)} distinct strategies per problem, tens "
+        f"{fmt(h['tens'])}%); per split: "
+        + ", ".join(
+            f"{s} {100 * (1 - b['splits'][s]['no_strategy']['mean']):.0f}%" for s in r.cfg.hard_splits
+        )
+        + ".",
+    ]
+
+
+def sec_table1(r: Report) -> list[str]:
+    c = r.cfg
+    lines = [
+        f"## Table 1: accuracy (%), Avg@{c.hard_k} at T={c.hard_temperature} on {r.hard}, one sample at "
+        f"T={c.easy_temperature} on the others; {c.eval_per_split} held-out problems per split",
+        "",
+        "| Model | " + " | ".join(SPLITS) + " | Avg |",
+        "| --- |" + " ---: |" * (len(SPLITS) + 1),
+    ]
+    for block, title in (("base", None), ("sft", "**after SFT**"), ("rl", "**after SFT + GRPO**")):
+        keys = [k for k in r.agg if k == block or k.startswith(block + "/")]
+        if keys and title:
+            lines.append(f"| {title} |" + " |" * (len(SPLITS) + 1))
+        for k in keys:
+            e = r.agg[k]
+            cells = [fmt(e["splits"].get(s, {}).get("accuracy")) for s in SPLITS]
+            lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {fmt(e['avg'])} |")
+    return lines
+
+
+def _phase(k: str) -> str:
+    return {"base": "", "sft": " (SFT)", "rl": " (SFT+RL)"}[k.split("/")[0]]
+
+
+def sec_diversity(r: Report) -> list[str]:
+    hard = list(r.cfg.hard_splits)
+    head = ["Model", *(f"{s} Self-BLEU" for s in hard), *(f"{s} strategies/problem" for s in hard)]
+    head += [f"{s} {x}" for s in hard for x in (*STRATEGIES, "none")]
+    lines = [
+        f"## Table 2 and strategy coverage on {r.hard}",
+        "",
+        f"Self-BLEU of the {r.cfg.hard_k} samples per problem (lower = more diverse), distinct strategies among "
+        "them (mean over problems), and the share of samples using each strategy ('none': no strategy fits, "
+        "e.g. a miscopied term).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- |" + " ---: |" * (len(head) - 1),
+    ]
+    for k, e in r.agg.items():
+        sp = e["splits"]
+        cells = [fmt(sp[s]["self_bleu"]) for s in hard] + [fmt(sp[s]["coverage"], 1.0, 2) for s in hard]
+        for s in hard:  # per split: each strategy's share, then the share following none
+            cells += [f"{100 * sp[s]['share'][x]:.0f}%" for x in STRATEGIES]
+            cells.append(f"{100 * sp[s]['no_strategy']['mean']:.0f}%")
+        lines.append(f"| {e['label']}{_phase(k)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def sec_lambda(r: Report) -> list[str]:
+    lam_rows = r.cfg.lambda_rows()
+    if len(lam_rows) < 2:
+        return []
+    measured = r.results["stages"].get("weights", {}).get("measured", {})
+    lines = [
+        f"## Lambda ablation: SED-SFT at lambda in {{{', '.join(f'{v.lam():g}' for v in lam_rows)}}}",
+        "",
+        f"Everything else at the paper's defaults. On {r.hard}: accuracy (%), Self-BLEU, distinct strategies per "
+        f"problem and the share of `tens` (%), mean ± std over {r.n_seeds} seed(s); w = the measured mean gradient "
+        "weight on penalised tokens and the share of them with w < 0 (trainer statistics, seed 0).",
+        "",
+        "| lambda | phase | accuracy | Self-BLEU | strategies/problem | tens | mean w (penalised) | w < 0 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for v in lam_rows:
+        m = measured.get(v.label, {})
+        for phase in ("sft", "rl"):
+            e = r.agg.get(f"{phase}/{v.key}")
+            if e is None:
+                continue
+            h = e["hard"]
+            w = (
+                [f"{m['mask_weight']:.3f}", f"{100 * m['mask_neg_rate']:.1f}%"]
+                if phase == "sft" and m.get("mask_weight") is not None
+                else ["", ""]
+            )
+            cells = [fmt(h["accuracy"]), fmt(h["self_bleu"]), fmt(h["coverage"], 1.0, 2), fmt(h["tens"]), *w]
+            lines.append(
+                f"| {v.lam():g} | {'SFT' if phase == 'sft' else 'SFT+GRPO'} | " + " | ".join(cells) + " |"
+            )
+    return lines + [""] + _lambda_verdict(r, lam_rows)
+
+
+def _compare(a: dict | None, b: dict | None) -> tuple[float, float] | None:
+    if a is None or b is None:
+        return None
+    return b["mean"] - a["mean"], max(a["std"], b["std"])
+
+
+def _lambda_verdict(r: Report, lam_rows: list[Variant]) -> list[str]:
+    """Plain answers: does a larger lambda keep strategy diversity, and does that pay after RL?"""
+    first, lines = lam_rows[0], []
+    noise = "the seed std" if r.n_seeds > 1 else "(one seed: no std, treat as unresolved)"
+    for v in lam_rows[1:]:
+        parts = []
+        for phase, metric, what, scale in (
+            ("sft", "coverage", "strategies per problem after SFT", 1.0),
+            ("sft", "tens", "share of tens after SFT", 100.0),
+            ("rl", "accuracy", f"{r.hard} accuracy after GRPO", 100.0),
+        ):
+            c = _compare(
+                r.agg.get(f"{phase}/{first.key}", {}).get("hard", {}).get(metric),
+                r.agg.get(f"{phase}/{v.key}", {}).get("hard", {}).get(metric),
+            )
+            if c is None:
+                continue
+            d, sd = c
+            beyond = r.n_seeds > 1 and abs(d) > sd
+            parts.append(
+                f"{what} {'+' if d >= 0 else '-'}{scale * abs(d):.2f}{'' if scale == 1 else ' points'} "
+                + (f"(beyond {noise})" if beyond else f"(within {noise})" if r.n_seeds > 1 else noise)
+            )
+        if parts:
+            lines.append(f"- lambda {v.lam():g} vs {first.lam():g}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def sec_weights(r: Report) -> list[str]:
+    w = r.results["stages"].get("weights")
+    if not w:
+        return []
+    stars = ", ".join(
+        f"lambda {k}: {'none (w >= 0 for every p < 1)' if p is None else f'p* = {p:.3f}'}"
+        for k, p in w["stationary_points"].items()
+    )
+    return [
+        "## Effective gradient weights",
+        "",
+        "On a penalised token SED-SFT's logit gradient is CE's times w(p) = 1 - 2 lambda p (p - 1/2); DFT's is "
+        "CE's times p; GEM's gold-logit component (two outcomes) equals CE's times (1 - q)/(1 - p), q the "
+        "tempered probability. w < 0 lowers p: SED-SFT holds p at the stationary point p* only where lambda > 1. "
+        f"Stationary points: {stars}.",
+        "",
+        w["table"].strip(),
+        "",
+        f"![w(p) and the measured w]({w['figure']})",
+    ]
+
+
+def sec_rl(r: Report) -> list[str]:
+    if not r.gains:
+        return []
+    c = r.cfg
+    lines = [
+        "## What GRPO adds",
+        "",
+        f"One budget for every row: {c.rl_steps} steps x {c.rl_prompts_per_step} prompts x {c.num_generations} "
+        f"samples, lr {c.rl_lr:g}, KL beta {c.rl_beta:g}. Reward gain: the mean reward of the last quarter of the "
+        f"GRPO steps minus that of the first quarter; {r.hard} gain: held-out accuracy after GRPO minus after "
+        "SFT, paired by seed.",
+        "",
+        f"| Model | reward gain | {r.hard} accuracy gain |",
+        "| --- | ---: | ---: |",
+    ]
+    for g in r.gains.values():
+        lines.append(f"| {g['label']} | {fmt(g['reward_gain'])} | {fmt(g['hard_accuracy_gain'])} |")
+    ce = r.gains.get("ce")
+    if ce:
+        lines += [
+            "",
+            f"- CE's reward gain: {_exceeds(ce['reward_gain'])}; its {r.hard} accuracy gain: "
+            f"{_exceeds(ce['hard_accuracy_gain'])}.",
+        ]
+    if "rl_curves" in r.results.get("figures", {}):
+        lines += ["", f"![GRPO reward and entropy]({r.results['figures']['rl_curves']})"]
+    return lines
+
+
+def sec_stages(r: Report) -> list[str]:
+    s, c = r.results["stages"], r.cfg
+    cal = [
+        f"{k.split('/')[1]} {v['tau']:.6f}"
+        for k, v in s.items()
+        if k.startswith("sft/") and k.endswith("/s0") and v.get("tau") is not None
+    ]
+    lines = [
+        "## Stages",
+        "",
+        f"- SFT: {c.sft_steps} steps x {c.sft_batch_size} sequences, lr {c.sft_lr:g}, {c.sft_per_split} problems per "
+        "split (5 splits), one 'left' solution each.",
+        f"- tau (k={s['analysis']['top_k']}, r={s['analysis']['mask_ratio']}) on the base model over the SFT data: "
+        f"{s['analysis']['tau']:.6f}; SED-SFT's own calibrations (seed 0): {', '.join(cal) or 'none'}.",
+    ]
+    if "filter" in s:
+        f = s["filter"]["summary"]
+        lines.append(
+            f"- Filter (base model, {c.filter_n} samples per prompt at T=1): kept {f['kept']} of {f['prompts']} prompts "
+            f"({f['always_solved']} always solved, {f['never_solved']} never solved); per split: "
+            + ", ".join(f"{k} {v['kept']}/{v['candidates']}" for k, v in s["filter"]["per_split"].items())
+            + "."
+            + (
+                " No prompt was kept, so GRPO trained on all candidates."
+                if s["filter"]["fallback_all_prompts"]
+                else ""
+            )
+        )
+    kinds: dict[str, float] = {}
+    for key, sec in r.results["stage_seconds"].items():
+        kind = "eval" if key.startswith("eval/") else key.split("/")[0]
+        kinds[kind] = kinds.get(kind, 0.0) + sec
+    lines.append("- Seconds per kind of stage: " + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items()) + ".")
+    return lines
+
+
+def sec_figures(r: Report) -> list[str]:
+    figs = [
+        ("SFT training curves", r.results["figures"].get("sft_curves")),
+        ("Fig. 3 analogue: top-k probability mass on the base model", "figures/topk/topk.png"),
+    ]
+    for name, info in r.results["stages"].get("heatmaps", {}).get("models", {}).items():
+        figs.append((f"Fig. 2 analogue: label probabilities, {name}", info["figure"]))
+    lines = ["## Figures", ""]
+    for title, rel in figs:
+        if rel and (r.out / rel).exists():
+            lines += [f"### {title}", "", f"![{title}]({rel})", ""]
+    return lines
+
+
+SECTIONS: list[Callable[[Report], list[str]]] = [
+    sec_header,
+    sec_verdict,
+    sec_base,
+    sec_table1,
+    sec_diversity,
+    sec_lambda,
+    sec_weights,
+    sec_rl,
+    sec_stages,
+    sec_figures,
+]
 
 
 @dataclass
@@ -31,333 +446,13 @@ class WrittenReport:
     table: str
 
 
-def _stat(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-        "values": values,
-    }
-
-
-def _fmt(s: dict | None, scale: float = 100.0, digits: int = 1) -> str:
-    if s is None:
-        return "-"
-    if s["n"] > 1:
-        return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
-    return f"{scale * s['mean']:.{digits}f}"
-
-
-def aggregate(cfg: DemoConfig, results: dict) -> dict:
-    """Per phase and objective: accuracy / Self-BLEU / coverage per split as mean and std over seeds."""
-    evals = results["evals"]
-    table: dict = {}
-    rows = [("base", "base")] + [(ph, o) for ph in ("sft", "rl") for o in cfg.objectives]
-    for phase, obj in rows:
-        if phase == "base":
-            runs = [evals["base/s0"]]
-        else:
-            runs = [v for k, v in evals.items() if k.startswith(f"{phase}/{obj}/s")]
-        if not runs:
-            continue
-        entry: dict = {"seeds": [r["seed"] for r in runs], "splits": {}}
-        for split in SPLITS:
-            ms = [r["splits"][split] for r in runs if split in r["splits"]]
-            if not ms:
-                continue
-            bleus = [m["self_bleu"] for m in ms if m["self_bleu"] is not None]
-            entry["splits"][split] = {
-                "accuracy": _stat([m["accuracy"] for m in ms]),
-                "self_bleu": _stat([b / 100.0 for b in bleus]) if bleus else None,  # stored as a fraction
-                "coverage": _stat([m["coverage"] for m in ms]),
-                "no_strategy": _stat([m["no_strategy"] for m in ms]),
-                "strategy_share": {
-                    s: statistics.fmean(m["strategy_share"].get(s, 0.0) for m in ms) for s in STRATEGIES
-                },
-            }
-        entry["avg"] = _stat([r["average"] for r in runs])
-        table[f"{phase}/{obj}"] = entry
-    return table
-
-
-def _label(key: str) -> str:
-    phase, obj = key.split("/")
-    return "base model" if phase == "base" else DISPLAY.get(obj, obj)
-
-
-def table1(cfg: DemoConfig, agg: dict) -> str:
-    splits = list(SPLITS)
-    head = "| Model | " + " | ".join(splits) + " | Avg |"
-    rule = "| --- |" + " ---: |" * (len(splits) + 1)
-    lines = [head, rule]
-    for block, title in (("base", None), ("sft", "**after SFT**"), ("rl", "**after SFT + GRPO**")):
-        keys = [k for k in agg if k.startswith(block + "/")]
-        if not keys:
-            continue
-        if title:
-            lines.append(f"| {title} |" + " |" * (len(splits) + 1))
-        for k in keys:
-            cells = [_fmt(agg[k]["splits"].get(s, {}).get("accuracy")) for s in splits]
-            lines.append(f"| {_label(k)} | " + " | ".join(cells) + f" | {_fmt(agg[k]['avg'])} |")
-    return "\n".join(lines)
-
-
-def table2(cfg: DemoConfig, agg: dict) -> str:
-    splits = [s for s in SPLITS if s in cfg.hard_splits]
-    lines = ["| Model | " + " | ".join(splits) + " | Avg |", "| --- |" + " ---: |" * (len(splits) + 1)]
-    for k, e in agg.items():
-        cells = [e["splits"].get(s, {}).get("self_bleu") for s in splits]
-        known = [c["mean"] for c in cells if c]
-        avg = f"{100 * statistics.fmean(known):.1f}" if known else "-"
-        phase = {"base": "", "sft": " (SFT)", "rl": " (SFT+RL)"}[k.split("/")[0]]
-        lines.append(f"| {_label(k)}{phase} | " + " | ".join(_fmt(c) for c in cells) + f" | {avg} |")
-    return "\n".join(lines)
-
-
-def coverage_table(cfg: DemoConfig, agg: dict) -> str:
-    splits = [s for s in SPLITS if s in cfg.hard_splits]
-    head = (
-        ["Model"]
-        + [f"{s} strategies/problem" for s in splits]
-        + [f"{s} {st}" for s in splits for st in (*STRATEGIES, "none")]
-    )
-    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
-    for k, e in agg.items():
-        cells = [_fmt(e["splits"][s]["coverage"], scale=1.0, digits=2) for s in splits if s in e["splits"]]
-        for s in splits:
-            if s not in e["splits"]:
-                continue
-            share = e["splits"][s]["strategy_share"]
-            cells += [f"{100 * share[st]:.0f}%" for st in STRATEGIES]
-            cells.append(f"{100 * e['splits'][s]['no_strategy']['mean']:.0f}%")
-        phase = {"base": "", "sft": " (SFT)", "rl": " (SFT+RL)"}[k.split("/")[0]]
-        lines.append(f"| {_label(k)}{phase} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _csv(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def plot_sft_curves(out: Path, cfg: DemoConfig) -> Path | None:
-    """Loss, mask rate, entropy and gold-token probability per SFT step, one line per objective (seed 0)."""
-    rows = []
-    for obj in cfg.objectives:
-        path = out / "sft" / obj / "s0" / "sedsft_metrics.jsonl"
-        if path.exists():
-            for r in read_jsonl_records(path):
-                if "loss" in r:
-                    rows.append({"objective": obj, "step": r["step"], **{m: r.get(m) for m in SFT_CURVES}})
-    if not rows:
-        return None
-    atomic_write_text(out / "figures" / "sft_curves.csv", _csv(rows))
-    fig = new_figure(12, 3.2)
-    axes = fig.subplots(1, len(SFT_CURVES))
-    units = {
-        "loss": "training loss (nats/token)",
-        "mask_rate": "share of tokens penalised (P_topk < tau)",
-        "entropy": "entropy (nats)",
-        "gold_prob": "p(gold token)",
-    }
-    for ax, m in zip(axes, SFT_CURVES):
-        for obj in cfg.objectives:
-            pts = [(r["step"], r[m]) for r in rows if r["objective"] == obj and r[m] is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=DISPLAY.get(obj, obj), marker=".")
-        ax.set_xlabel("SFT optimizer step")
-        ax.set_ylabel(units[m])
-        ax.set_title(m)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("SFT training curves (seed 0; trainer's sedsft_metrics.jsonl)")
-    return save_png(fig, out / "figures" / "sft_curves.png")
-
-
-def plot_rl_curves(out: Path, cfg: DemoConfig) -> Path | None:
-    """Mean GRPO reward per step, one line per objective (seed 0)."""
-    rows = []
-    for obj in cfg.objectives:
-        path = out / "rl" / obj / "s0" / "metrics.jsonl"
-        if path.exists():
-            for r in read_jsonl_records(path):
-                if "reward" in r:
-                    rows.append(
-                        {
-                            "objective": obj,
-                            "step": r.get("step"),
-                            "reward": r["reward"],
-                            "reward_std": r.get("reward_std"),
-                            "entropy": r.get("entropy"),
-                        }
-                    )
-    if not rows:
-        return None
-    atomic_write_text(out / "figures" / "rl_curves.csv", _csv(rows))
-    fig = new_figure(8, 3.2)
-    axes = fig.subplots(1, 2)
-    for ax, m, unit in (
-        (axes[0], "reward", "mean reward (share correct)"),
-        (axes[1], "entropy", "entropy (nats)"),
-    ):
-        for obj in cfg.objectives:
-            pts = [
-                (i + 1 if r["step"] is None else r["step"], r[m])
-                for i, r in enumerate(x for x in rows if x["objective"] == obj)
-                if r[m] is not None
-            ]
-            if pts:
-                ax.plot(*zip(*pts), label=DISPLAY.get(obj, obj), marker=".")
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel(unit)
-        ax.set_title(f"GRPO {m}")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("GRPO on the shared filtered prompts (seed 0; trainer's metrics.jsonl)")
-    return save_png(fig, out / "figures" / "rl_curves.png")
-
-
-def _verdict(cfg: DemoConfig, agg: dict, seeds: int) -> str:
-    """A plain statement of who won, computed from the table (never written by hand)."""
-    lines = []
-    for phase, name in (("sft", "after SFT"), ("rl", "after SFT + GRPO")):
-        avgs = {k.split("/")[1]: agg[k]["avg"] for k in agg if k.startswith(phase + "/")}
-        if len(avgs) < 2:
-            continue
-        ranked = sorted(avgs, key=lambda o: -avgs[o]["mean"])
-        best = ranked[0]
-        order = " > ".join(f"{DISPLAY.get(o, o)} {100 * avgs[o]['mean']:.1f}" for o in ranked)
-        line = f"- {name}, average accuracy: {order}."
-        if "sed" in avgs and "ce" in avgs:
-            d = avgs["sed"]["mean"] - avgs["ce"]["mean"]
-            spread = max(avgs["sed"]["std"], avgs["ce"]["std"])
-            if d == 0:
-                line += " SED-SFT ties CE"
-            else:
-                line += f" SED-SFT is {abs(100 * d):.1f} points {'higher' if d > 0 else 'lower'} than CE"
-            if seeds > 1:
-                line += f" (seed std up to {100 * spread:.1f} points"
-                line += "; the gap is within the noise)" if abs(d) <= spread else ")"
-            else:
-                line += " (one seed: no error bar; rerun with --seeds 3 before reading much into a small gap)"
-            line += "."
-        top = [o for o in ranked if avgs[o]["mean"] == avgs[best]["mean"]]
-        if "sed" in avgs and "sed" not in top:
-            line += f" SED-SFT does not come out on top here; {DISPLAY.get(best, best)} does."
-        elif "sed" in top and len(top) > 1:
-            line += (
-                " SED-SFT shares the top score with "
-                + ", ".join(DISPLAY.get(o, o) for o in top if o != "sed")
-                + "."
-            )
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def write_report(out: Path, cfg: DemoConfig, results: dict) -> WrittenReport:
-    agg = aggregate(cfg, results)
-    results = {**results, "table": agg}
-    figs = {"sft_curves": plot_sft_curves(out, cfg), "rl_curves": plot_rl_curves(out, cfg)}
+def write_report(out: Path, cfg: DemoConfig, rows: list[Variant], results: dict) -> WrittenReport:
+    agg = aggregate(cfg, rows, results)
+    figs = {"sft_curves": plot_sft_curves(out, rows), "rl_curves": plot_rl_curves(out, rows, cfg.seeds)}
+    results = {**results, "table": agg, "rl_gains": rl_gains(cfg, rows, results)}
     results["figures"] = {k: str(v.relative_to(out)) for k, v in figs.items() if v}
-    t1 = table1(cfg, agg)
-    seeds = len(results["seeds"])
-    base = results["base_model"]["train"]
-    filt = results.get("filter")
-    hard = ", ".join(cfg.hard_splits)
-    st = results["stage_seconds"]
-    md = [
-        f"# SED-SFT demo report ({cfg.name})",
-        "",
-        "A tiny Llama pre-trained on sums solved with four strategies, SFT'd on one strategy ('left') with "
-        "each objective, then GRPO on prompts filtered once by the base model, then evaluated. "
-        "Same hyper-parameters for every objective except its own; see docs/demo.md for the design.",
-        "",
-        f"Seeds: {results['seeds']} (mean ± std over seeds where more than one). Versions: "
-        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-        + f". Wall time of the stages: {sum(st.values()):.0f} s (this call {results['wall_seconds_this_call']:.0f} s).",
-        "",
-        "Measured wall time of each invocation on this folder (`calls.jsonl`): "
-        + "; ".join(
-            f"{c['started_utc']} {c['seconds']:.0f} s ({c['stages_computed']} stages run, {c['stages_reused']} read back"
-            + (", base model trained" if c["base_model_trained"] else "")
-            + ")"
-            for c in results.get("calls", [])
-        )
-        + ".",
-        "",
-        "## What the numbers say",
-        "",
-        _verdict(cfg, agg, seeds) or "- only one objective was run: nothing to compare.",
-        "",
-        f"## Table 1: accuracy (%), Avg@{cfg.hard_k} at T={cfg.hard_temperature} on {hard}, "
-        f"one sample at T={cfg.easy_temperature} on the others; {cfg.eval_per_split} held-out problems per split",
-        "",
-        t1,
-        "",
-        f"## Table 2: Self-BLEU on {hard} ({cfg.hard_k} samples per problem; lower = more diverse)",
-        "",
-        table2(cfg, agg),
-        "",
-        f"## Strategy coverage on {hard}",
-        "",
-        "Distinct strategies among one problem's samples (mean over problems), and the share of samples "
-        "using each strategy ('none': the response follows no strategy, e.g. a miscopied term).",
-        "",
-        coverage_table(cfg, agg),
-        "",
-        "## Stages",
-        "",
-        f"- Base model: {base['parameters']:,} parameters, {base['epochs']} epochs over {base['corpus_sequences']:,} "
-        f"sequences, final loss {base['loss_last10']:.3f}, trained in {base['train_seconds']} s"
-        + (" (read from the cache this time)" if results["base_model"]["cached_before"] else "")
-        + f"; cache {results['base_model']['hash']}.",
-        f"- tau (k={cfg.top_k}, r={cfg.mask_ratio}) on the base model over the SFT data: "
-        f"{results['analysis']['tau']:.6f} (analysis sample); SED-SFT's own calibration: "
-        + ", ".join(f"{k} {v:.6f}" for k, v in results["calibration"].items() if v is not None)
-        + ".",
-    ]
-    if filt:
-        s = filt["summary"]
-        md.append(
-            f"- Filter (base model, {cfg.filter_n} samples per prompt at T=1): kept {s['kept']} of {s['prompts']} "
-            f"prompts ({s['always_solved']} always solved, {s['never_solved']} never solved); per split kept: "
-            + ", ".join(f"{k} {v['kept']}/{v['candidates']}" for k, v in filt["per_split"].items())
-            + "."
-            + (
-                " No prompt was kept, so GRPO trained on all candidates (zero-variance groups give no gradient)."
-                if filt["fallback_all_prompts"]
-                else ""
-            )
-        )
-        md.append(
-            f"- GRPO: {cfg.rl_steps} steps x {cfg.rl_prompts_per_step} prompts x {cfg.num_generations} samples, "
-            f"lr {cfg.rl_lr}, for every objective."
-        )
-    md += [
-        f"- SFT: {cfg.sft_steps} steps x {cfg.sft_batch_size} sequences, lr {cfg.sft_lr}, "
-        f"{cfg.sft_per_split} problems per split (5 splits), one 'left' solution each.",
-        "",
-        "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in st.items()) + ".",
-        "",
-        "## Figures",
-        "",
-    ]
-    fig_lines = [
-        ("SFT training curves", results["figures"].get("sft_curves")),
-        ("GRPO reward and entropy", results["figures"].get("rl_curves")),
-        ("Fig. 3 analogue: top-k probability mass on the base model", "figures/topk/topk.png"),
-    ]
-    for name, info in results.get("heatmaps", {}).get("models", {}).items():
-        fig_lines.append(
-            (f"Fig. 2 analogue: label probabilities, {name}", str(Path(info["figure"]).relative_to(out)))
-        )
-    for title, rel in fig_lines:
-        if rel and (out / rel).exists():
-            md += [f"### {title}", "", f"![{title}]({rel})", ""]
-    report = atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    r = Report(out, cfg, rows, results, agg, results["rl_gains"])
+    text = "\n".join(line for section in SECTIONS for line in [*section(r), ""])
+    report = atomic_write_text(out / "report.md", text)
     results_path = atomic_write_json(out / "results.json", json.loads(json.dumps(results, default=str)))
-    return WrittenReport(report=report, results=results_path, table=t1)
+    return WrittenReport(report=report, results=results_path, table="\n".join(sec_table1(r)[2:]))

@@ -84,7 +84,7 @@ WORLD_WORDS: tuple[str, ...] = ("\\boxed{",)
 
 
 @dataclass(frozen=True)
-class Problem:
+class SumsProblem:
     """One problem. ``id`` is stable (split and terms), ``answer`` is the integer as a string."""
 
     id: str
@@ -95,15 +95,15 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class Example:
+class SumsExample:
     """A problem with one rendered solution (pre-training corpus and SFT set)."""
 
-    problem: Problem
+    problem: SumsProblem
     strategy: str
     response: str
 
 
-def make_problem(terms: tuple[int, ...] | list[int], split: str) -> Problem:
+def make_problem(terms: tuple[int, ...] | list[int], split: str) -> SumsProblem:
     """The problem for ``terms`` in ``split`` (terms must be distinct so strategies are distinguishable)."""
     terms = tuple(int(t) for t in terms)
     if split not in SPLITS:
@@ -111,7 +111,7 @@ def make_problem(terms: tuple[int, ...] | list[int], split: str) -> Problem:
     if len(set(terms)) != len(terms) or len(terms) < 3 or min(terms) < 1:
         raise UserError(f"terms must be at least 3 distinct positive integers, got {terms}")
     question = "+".join(str(t) for t in terms) + "=?"
-    return Problem(
+    return SumsProblem(
         id=f"{split}-" + "-".join(str(t) for t in terms),
         question=question,
         answer=str(sum(terms)),
@@ -155,14 +155,14 @@ def _template(terms: tuple[int, ...], strategy: str) -> list[_Step]:
     raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
-def strategies_for(problem: Problem) -> tuple[str, ...]:
+def strategies_for(problem: SumsProblem) -> tuple[str, ...]:
     """The strategies valid for ``problem`` (``tens`` needs every term to have two digits)."""
     if all(10 <= x <= 99 and x % 10 for x in problem.terms):
         return STRATEGIES
     return tuple(s for s in STRATEGIES if s != "tens")
 
 
-def render_solution(problem: Problem, strategy: str) -> str:
+def render_solution(problem: SumsProblem, strategy: str) -> str:
     """The step-by-step solution of ``problem`` with ``strategy``, ending in ``\\boxed{answer}``."""
     if strategy not in strategies_for(problem):
         raise UserError(
@@ -182,7 +182,7 @@ _STEP_RE = re.compile(r"^(\d+)\+(\d+)=(\d+)$")
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
-def classify_strategy(problem: Problem, response: str) -> str | None:
+def classify_strategy(problem: SumsProblem, response: str) -> str | None:
     """Which strategy ``response`` follows for ``problem``, or None (garbage, or no strategy fits).
 
     A response fits a strategy when it has exactly the strategy's addition lines, each operand read
@@ -212,7 +212,7 @@ def extract_boxed(text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
-def is_correct(problem: Problem, response: str) -> bool:
+def grade_sum(problem: SumsProblem, response: str) -> bool:
     """Whether the last boxed answer of ``response`` equals the gold integer."""
     return extract_boxed(response) == problem.answer
 
@@ -250,7 +250,9 @@ def _role_pool(split: str, role: str, rng: random.Random, n: int | None) -> list
     return list(seen)
 
 
-def sample_problems(*, split: str, n: int, role: str, seed: int, allow_fewer: bool = False) -> list[Problem]:
+def sample_problems(
+    *, split: str, n: int, role: str, seed: int, allow_fewer: bool = False
+) -> list[SumsProblem]:
     """``n`` distinct problems of ``split`` from ``role``'s share of the world, in a seeded order.
 
     The one-digit splits are small (L1 has 504 problems in all, about a fifth per role); asking for
@@ -272,7 +274,9 @@ def sample_problems(*, split: str, n: int, role: str, seed: int, allow_fewer: bo
 # --- dataset builders ------------------------------------------------------------------------------
 
 
-def build_pretrain_corpus(*, n_per_split: int, seed: int, strategies_per_problem: int = 2) -> list[Example]:
+def build_pretrain_corpus(
+    *, n_per_split: int, seed: int, strategies_per_problem: int = 2
+) -> list[SumsExample]:
     """The diverse corpus: each problem rendered with ``strategies_per_problem`` distinct strategies,
     chosen uniformly among the valid ones, all splits interleaved in a seeded shuffle. A one-digit
     split with fewer than ``n_per_split`` pre-training problems contributes all it has."""
@@ -282,15 +286,15 @@ def build_pretrain_corpus(*, n_per_split: int, seed: int, strategies_per_problem
         for p in sample_problems(split=split, n=n_per_split, role="pretrain", seed=seed, allow_fewer=True):
             valid = strategies_for(p)
             for s in rng.sample(valid, min(strategies_per_problem, len(valid))):
-                examples.append(Example(p, s, render_solution(p, s)))
+                examples.append(SumsExample(p, s, render_solution(p, s)))
     rng.shuffle(examples)
     return examples
 
 
-def build_sft_set(*, n_per_split: int, seed: int, strategy: str = SFT_STRATEGY) -> list[Example]:
+def build_sft_set(*, n_per_split: int, seed: int, strategy: str = SFT_STRATEGY) -> list[SumsExample]:
     """The SFT set: one solution per problem, always with ``strategy`` (the mode-collapse pressure)."""
     examples = [
-        Example(p, strategy, render_solution(p, strategy))
+        SumsExample(p, strategy, render_solution(p, strategy))
         for split in SPLITS
         for p in sample_problems(split=split, n=n_per_split, role="sft", seed=seed)
     ]
@@ -298,7 +302,7 @@ def build_sft_set(*, n_per_split: int, seed: int, strategy: str = SFT_STRATEGY) 
     return examples
 
 
-def build_rl_prompts(*, n_per_split: int, seed: int) -> list[Problem]:
+def build_rl_prompts(*, n_per_split: int, seed: int) -> list[SumsProblem]:
     """RL prompts with gold answers, all splits interleaved in a seeded shuffle."""
     problems = [
         p for split in SPLITS for p in sample_problems(split=split, n=n_per_split, role="rl", seed=seed)
@@ -307,7 +311,7 @@ def build_rl_prompts(*, n_per_split: int, seed: int) -> list[Problem]:
     return problems
 
 
-def build_eval_problems(*, n_per_split: int, seed: int = 0) -> list[Problem]:
+def build_eval_problems(*, n_per_split: int, seed: int = 0) -> list[SumsProblem]:
     """Held-out evaluation problems, grouped by split (the benchmark columns)."""
     return [
         p for split in SPLITS for p in sample_problems(split=split, n=n_per_split, role="eval", seed=seed)
@@ -321,7 +325,7 @@ def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def write_sft_jsonl(path: str | os.PathLike, examples: list[Example]) -> Path:
+def write_sft_jsonl(path: str | os.PathLike, examples: list[SumsExample]) -> Path:
     """SFT data: one ``{"question", "response", ...}`` object per line."""
     records = [
         {
@@ -337,12 +341,12 @@ def write_sft_jsonl(path: str | os.PathLike, examples: list[Example]) -> Path:
     return atomic_write_text(path, _jsonl(records))
 
 
-def problem_record(p: Problem) -> dict:
+def problem_record(p: SumsProblem) -> dict:
     """The record every reader of problems accepts: id, question, answer, benchmark (the split)."""
     return {"id": p.id, "question": p.question, "answer": p.answer, "benchmark": p.split}
 
 
-def write_rl_prompts(path: str | os.PathLike, problems: list[Problem]) -> Path:
+def write_rl_prompts(path: str | os.PathLike, problems: list[SumsProblem]) -> Path:
     """RL prompts with ``question``/``answer``: JSONL, or Parquet when ``path`` ends in ``.parquet``."""
     records = [problem_record(p) for p in problems]
     if str(path).endswith(".parquet"):
@@ -357,6 +361,6 @@ def write_rl_prompts(path: str | os.PathLike, problems: list[Problem]) -> Path:
     return atomic_write_text(path, _jsonl(records))
 
 
-def write_eval_problems(path: str | os.PathLike, problems: list[Problem]) -> Path:
+def write_eval_problems(path: str | os.PathLike, problems: list[SumsProblem]) -> Path:
     """Evaluation problems as JSONL records with id/question/answer/benchmark."""
     return atomic_write_text(path, _jsonl([problem_record(p) for p in problems]))

@@ -183,6 +183,7 @@ class Objective:
     options_cls: type
     fixed: tuple[tuple[str, object], ...] = ()  # options the variant pins (sed_nomask: tau = inf)
     description: str = ""
+    label: str = ""  # short name for tables and figures (CE, SED-SFT, ...)
     mask: Callable[[TokenTerms, object], Tensor] | None = None  # M_t, logged as the mask rate
     penalty: Callable[[TokenTerms, object], Tensor] | None = None  # the extra term, logged as de_penalty
     # w_t with d loss / d z = w_t (softmax(z) - onehot(y)); None where the gradient is no multiple of CE's (GEM)
@@ -206,16 +207,24 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
     for o in [
-        Objective("ce", ce_loss, CEOptions, description="cross-entropy (standard SFT)", weight=ce_weight),
         Objective(
-            "dft", dft_loss, DFTOptions, description="dynamic fine-tuning: -sg(p) log p", weight=dft_weight
+            "ce", ce_loss, CEOptions, description="cross-entropy (standard SFT)", label="CE", weight=ce_weight
         ),
-        Objective("gem", gem_loss, GEMOptions, description="GEM entropic distribution matching"),
+        Objective(
+            "dft",
+            dft_loss,
+            DFTOptions,
+            description="dynamic fine-tuning: -sg(p) log p",
+            label="DFT",
+            weight=dft_weight,
+        ),
+        Objective("gem", gem_loss, GEMOptions, description="GEM entropic distribution matching", label="GEM"),
         Objective(
             "sed",
             sed_loss,
             SEDOptions,
             description="SED-SFT: CE + lam*M*(p-1/2)^2 where P_topk < tau",
+            label="SED-SFT",
             mask=sed_mask,
             penalty=sed_penalty,
             weight=sed_weight,
@@ -226,6 +235,7 @@ OBJECTIVES: dict[str, Objective] = {
             SEDOptions,
             (("tau", math.inf),),
             description="SED-SFT without the mask (M = 1 everywhere)",
+            label="SED-SFT w/o mask",
             mask=sed_mask,
             penalty=sed_penalty,
             weight=sed_weight,

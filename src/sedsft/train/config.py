@@ -65,9 +65,21 @@ def _option_fields() -> tuple[list[tuple], dict[str, str], dict[str, object]]:
 
 
 _SPECS, _OPTION_NAMES, _DEFAULTS = _option_fields()
+
 ObjectiveFields = make_dataclass("ObjectiveFields", _SPECS)
 ObjectiveFields.__module__ = __name__
 ObjectiveFields.__doc__ = "The objective and every option the registry declares, one field each (generated)."
+
+
+def option_fields(options: dict) -> dict:
+    """SEDSFTConfig fields for objective options named as the registry names them (``{"lam": 2.0}``)."""
+    by_option = {opt: name for name, opt in _OPTION_NAMES.items()}
+    unknown = sorted(set(options) - set(by_option))
+    if unknown:
+        raise UserError(
+            f"no SEDSFTConfig field for objective option(s) {unknown}; known: {sorted(by_option)}"
+        )
+    return {by_option[k]: v for k, v in options.items()}
 
 
 @dataclass
