@@ -68,7 +68,7 @@ class BaseModelConfig:
         default=2, metadata={"help": "distinct strategies rendered per problem"}
     )
     steps: int = field(
-        default=8000, metadata={"help": "optimizer steps (32 seqs x 8000 = 256k seqs, ~12 epochs)"}
+        default=16000, metadata={"help": "optimizer steps (32 seqs x 16000 = 512k seqs, ~25 epochs)"}
     )
     batch_size: int = field(default=32, metadata={"help": "sequences per step"})
     lr: float = field(

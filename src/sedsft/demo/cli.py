@@ -63,14 +63,27 @@ class DemoArgs:
     rebuild_base: bool = field(
         default=False, metadata={"help": "retrain the base model (minutes) instead of the packaged one"}
     )
-    threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads (default: all cores)", "manifest": False}
+    jobs: int | None = field(
+        default=None,
+        metadata={
+            "help": "stages run at once, one process each (default: the CPU cores, at most 8)",
+            "manifest": False,
+        },
+    )
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch threads per stage (a model this small gains little from more, and a busy machine "
+            "makes extra threads much slower)",
+            "manifest": False,
+        },
     )
     progress: bool = field(default=True, metadata={"help": "progress bars", "manifest": False})
 
     def __post_init__(self):
         check_count("seeds", self.seeds, allow_none=True)
-        check_count("threads", self.threads, allow_none=True)
+        check_count("jobs", self.jobs, allow_none=True)
+        check_count("threads", self.threads)
         if self.objectives is not None and not _names(self.objectives):
             raise UserError("--objectives is empty; give e.g. --objectives ce,sed")
 
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     # transformers' own deprecation notices about its internals (nothing the user can change)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     transformers.logging.set_verbosity_error()
@@ -110,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=args.progress,
         rebuild_base=args.rebuild_base,
         overwrite=run.overwrite,
+        jobs=args.jobs or min(os.cpu_count() or 1, 8),
+        threads=args.threads,
     )
     print()
     print(result.table)

@@ -21,6 +21,7 @@ RL set are shared across seeds, as the paper's single base model and data are.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -41,10 +42,11 @@ STAGES_DIR = "stages"
 class Stage:
     key: str  # also the stage's folder under the run (where it has one) and its marker's name
     run: Callable[[st.Context], dict]
+    needs: tuple[str, ...] = ()  # keys of the stages whose results or files it reads
 
 
 def plan(cfg: DemoConfig, variants: list[Variant], *, rl: bool = True) -> list[Stage]:
-    """Every stage of a run, in the order they run (module doc)."""
+    """Every stage of a run, in the order they run (module doc), each with the stages it needs."""
     seeds = range(cfg.seeds)
     out = [
         Stage("base", st.stage_base),
@@ -54,18 +56,33 @@ def plan(cfg: DemoConfig, variants: list[Variant], *, rl: bool = True) -> list[S
     ]
     for seed in seeds:
         for v in variants:
-            out.append(Stage(st.sft_key(v, seed), partial(st.stage_sft, v=v, seed=seed)))
+            sft = st.sft_key(v, seed)
+            out.append(Stage(sft, partial(st.stage_sft, v=v, seed=seed)))
             out.append(
-                Stage(st.eval_key("sft", v, seed), partial(st.stage_eval, phase="sft", v=v, seed=seed))
+                Stage(
+                    st.eval_key("sft", v, seed), partial(st.stage_eval, phase="sft", v=v, seed=seed), (sft,)
+                )
             )
-    out += [Stage("heatmaps", st.stage_heatmaps), Stage("weights", st.stage_weights)]
+    firsts = [st.sft_key(v, 0) for v in variants]
+    heat = tuple(k for k in (st.sft_key(Variant("ce"), 0), st.sft_key(Variant("sed"), 0)) if k in firsts)
+    out.append(Stage("heatmaps", st.stage_heatmaps, ("analysis", *heat)))
+    out.append(
+        Stage("weights", st.stage_weights, tuple(st.sft_key(v, 0) for v in variants if v.objective == "sed"))
+    )
     if rl:
         out.append(Stage("filter", st.stage_filter))
         for seed in seeds:
             for v in variants:
-                out.append(Stage(st.rl_key(v, seed), partial(st.stage_grpo, v=v, seed=seed)))
+                rl_k = st.rl_key(v, seed)
                 out.append(
-                    Stage(st.eval_key("rl", v, seed), partial(st.stage_eval, phase="rl", v=v, seed=seed))
+                    Stage(rl_k, partial(st.stage_grpo, v=v, seed=seed), ("filter", st.sft_key(v, seed)))
+                )
+                out.append(
+                    Stage(
+                        st.eval_key("rl", v, seed),
+                        partial(st.stage_eval, phase="rl", v=v, seed=seed),
+                        (rl_k,),
+                    )
                 )
     return out
 
@@ -89,29 +106,97 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "sedsft"
 
 
-def run_stages(ctx: st.Context, stages: list[Stage]) -> tuple[list[str], list[str], dict[str, float]]:
-    """Run each stage whose marker is missing, read back the others; (computed, reused, seconds)."""
+def _timed(run: Callable[[st.Context], dict], ctx: st.Context) -> dict:
+    start, cpu = time.perf_counter(), time.process_time()
+    info = dict(run(ctx))
+    info["seconds"] = round(time.perf_counter() - start, 2)
+    info["cpu_seconds"] = round(time.process_time() - cpu, 2)  # this process's CPU time: load-proof
+    return info
+
+
+def _worker_init(threads: int) -> None:
+    """A worker process: its torch threads, quiet libraries, and Ctrl-C left to the parent."""
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def run_stages(
+    ctx: st.Context, stages: list[Stage], *, jobs: int = 1, threads: int = 1
+) -> tuple[list[str], list[str], dict[str, float]]:
+    """Run each stage whose marker is missing, read back the others; (computed, reused, seconds).
+
+    ``jobs`` > 1 runs up to that many stages at once, each in a worker process with ``threads`` torch
+    threads, a stage as soon as the stages it needs are done. Every stage is seeded by itself and runs
+    with a fixed thread count, so the numbers do not depend on ``jobs``; markers are written here only.
+    """
     from tqdm.auto import tqdm
 
     computed, reused, seconds = [], [], {}
-    bar = tqdm(total=len(stages), desc="demo", unit="stage", disable=not ctx.progress)
-    for stage in stages:
-        bar.set_description(f"demo: {stage.key}")
-        marker = ctx.out / STAGES_DIR / (stage.key.replace("/", "__") + ".json")
-        if marker.exists():
-            info = read_json(marker)
-            reused.append(stage.key)
-        else:
-            start = time.perf_counter()
-            info = dict(stage.run(ctx))
-            info["seconds"] = round(time.perf_counter() - start, 2)
-            atomic_write_json(marker, info)  # the stage is done only once this file exists
-            computed.append(stage.key)
-        ctx.done[stage.key] = info
-        seconds[stage.key] = info["seconds"]
+    marker = {s.key: ctx.out / STAGES_DIR / (s.key.replace("/", "__") + ".json") for s in stages}
+    for s in stages:
+        if marker[s.key].exists():
+            ctx.done[s.key] = read_json(marker[s.key])
+            reused.append(s.key)
+    pending = [s for s in stages if s.key not in ctx.done]
+    bar = tqdm(total=len(stages), initial=len(reused), desc="demo", unit="stage", disable=not ctx.progress)
+
+    def finish(s: Stage, info: dict) -> None:
+        atomic_write_json(marker[s.key], info)  # the stage is done only once this file exists
+        ctx.done[s.key] = info
+        computed.append(s.key)
         bar.update(1)
+
+    if jobs <= 1:
+        for s in pending:
+            bar.set_description(f"demo: {s.key}")
+            finish(s, _timed(s.run, ctx))
+    else:
+        _run_parallel(ctx, pending, finish, jobs=jobs, threads=threads, bar=bar)
     bar.close()
+    for s in stages:
+        seconds[s.key] = ctx.done[s.key]["seconds"]
     return computed, reused, seconds
+
+
+def _run_parallel(ctx: st.Context, pending: list[Stage], finish, *, jobs: int, threads: int, bar) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    planned = {s.key for s in pending} | set(ctx.done)
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+    )
+    running: dict = {}
+    try:
+        while pending or running:
+            for s in list(pending):  # in plan order, whatever is ready
+                if len(running) >= jobs:
+                    break
+                if all(n in ctx.done or n not in planned for n in s.needs):
+                    worker_ctx = dataclasses.replace(ctx, progress=False, done=dict(ctx.done))
+                    running[pool.submit(_timed, s.run, worker_ctx)] = s
+                    pending.remove(s)
+            if not running:
+                raise RuntimeError(f"no stage can start: {[s.key for s in pending]} wait for each other")
+            bar.set_description("demo: " + ", ".join(s.key for s in running.values()))
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(running.pop(future), future.result())
+    except BaseException:
+        for process in list(pool._processes.values()):  # stop the workers' stages now, not after them
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def run_demo(
@@ -125,10 +210,13 @@ def run_demo(
     variants: list[Variant] | None = None,
     rl: bool = True,
     report: bool = True,
+    jobs: int = 1,
+    threads: int = 1,
 ) -> DemoResult:
     """Run (or resume) every stage of :func:`plan` for ``cfg`` and write ``report.md`` and ``results.json``.
 
-    ``variants`` replaces ``cfg.variants()`` (the sweep runs one custom SED-SFT row this way).
+    ``variants`` replaces ``cfg.variants()`` (the sweep runs one custom SED-SFT row this way); ``jobs``
+    and ``threads``: stages run at once and torch threads of each (:func:`run_stages`).
     """
     from sedsft.demo.base_model import build_base_model
     from sedsft.runs import RunSpec, open_run
@@ -145,13 +233,15 @@ def run_demo(
     )
     ctx = st.Context(cfg=cfg, out=out, base_dir=base_dir, progress=progress)
     stages = plan(cfg, rows, rl=rl)
-    computed, reused, seconds = run_stages(ctx, stages)
+    computed, reused, seconds = run_stages(ctx, stages, jobs=jobs, threads=threads)
     calls = JsonlLog(out / "calls.jsonl")  # every invocation's measured wall time, kept across reruns
     calls.append(
         {
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "seconds": round(time.perf_counter() - wall, 1),
             "seeds": cfg.seeds,
+            "jobs": jobs,
+            "threads": threads,
             "rows": [v.key for v in rows],
             "stages_computed": len(computed),
             "stages_reused": len(reused),

@@ -149,10 +149,10 @@ def sec_header(r: Report) -> list[str]:
     return [
         f"# SED-SFT demo report ({r.cfg.name})",
         "",
-        "A tiny Llama pre-trained on sums solved with four strategies, SFT'd on one strategy ('left') with each "
-        "objective (and SED-SFT at several lambdas), then GRPO on prompts filtered once by the base model, then "
-        "evaluated. The same hyper-parameters for every row; each objective's own options at the paper's "
-        "defaults except lambda in the ablation rows. See docs/demo.md for the design.",
+        "A tiny Llama pre-trained on sums solved with four strategies, SFT'd on one strategy ('left') with "
+        f"each row ({', '.join(v.label for v in r.rows)}), then GRPO on prompts filtered once by the base "
+        "model, then evaluated. The same hyper-parameters for every row; each objective's own options at the "
+        "paper's defaults (lambda excepted in the ablation rows). See docs/demo.md for the design.",
         "",
         f"Seeds: {res['seeds']} (mean ± std over seeds where more than one). Versions: "
         + ", ".join(f"{k} {v}" for k, v in res["versions"].items())
@@ -395,7 +395,11 @@ def sec_stages(r: Report) -> list[str]:
         lines.append(
             f"- Filter (base model, {c.filter_n} samples per prompt at T=1): kept {f['kept']} of {f['prompts']} prompts "
             f"({f['always_solved']} always solved, {f['never_solved']} never solved); per split: "
-            + ", ".join(f"{k} {v['kept']}/{v['candidates']}" for k, v in s["filter"]["per_split"].items())
+            + ", ".join(
+                f"{k} {v['kept']}/{v['candidates']}"
+                for k, v in s["filter"]["per_split"].items()
+                if v["candidates"]
+            )
             + "."
             + (
                 " No prompt was kept, so GRPO trained on all candidates."

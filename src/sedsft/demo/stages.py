@@ -69,7 +69,7 @@ class Context:
 
     @cached_property
     def data(self) -> DemoData:
-        return build_data(self.cfg, self.out / "data")
+        return build_data(self.cfg)  # in memory: deterministic; the data stage writes the files
 
 
 def build_data(cfg: DemoConfig, data_dir: Path | None = None) -> DemoData:
@@ -77,7 +77,7 @@ def build_data(cfg: DemoConfig, data_dir: Path | None = None) -> DemoData:
     from sedsft.eval.benchmarks import Problem
 
     sft = build_sft_set(n_per_split=cfg.sft_per_split, seed=cfg.data_seed)
-    rl = build_rl_prompts(n_per_split=cfg.rl_per_split, seed=cfg.data_seed)
+    rl = build_rl_prompts(n_per_split=cfg.rl_per_split, seed=cfg.data_seed, splits=cfg.rl_splits)
     ev = build_eval_problems(n_per_split=cfg.eval_per_split, seed=cfg.data_seed)
     if data_dir is not None:
         write_sft_jsonl(data_dir / "sft.jsonl", sft)
@@ -156,7 +156,8 @@ def stage_base(ctx: Context) -> dict:
 
 
 def stage_data(ctx: Context) -> dict:
-    d = ctx.data
+    """The problem sets, written to ``data/`` (SFT set, RL prompts, evaluation problems) for reading."""
+    d = build_data(ctx.cfg, ctx.out / "data")
     return {
         "sft": len(d.sft_records),
         "rl": len(d.rl_records),

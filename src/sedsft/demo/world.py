@@ -302,10 +302,10 @@ def build_sft_set(*, n_per_split: int, seed: int, strategy: str = SFT_STRATEGY) 
     return examples
 
 
-def build_rl_prompts(*, n_per_split: int, seed: int) -> list[SumsProblem]:
-    """RL prompts with gold answers, all splits interleaved in a seeded shuffle."""
+def build_rl_prompts(*, n_per_split: int, seed: int, splits=tuple(SPLITS)) -> list[SumsProblem]:
+    """RL prompts with gold answers from ``splits``, interleaved in a seeded shuffle."""
     problems = [
-        p for split in SPLITS for p in sample_problems(split=split, n=n_per_split, role="rl", seed=seed)
+        p for split in splits for p in sample_problems(split=split, n=n_per_split, role="rl", seed=seed)
     ]
     random.Random(f"sedsft-demo:{seed}:rl-order").shuffle(problems)
     return problems
