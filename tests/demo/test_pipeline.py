@@ -29,7 +29,8 @@ def tiny_run(tmp_path_factory):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("demo")
-    first = run_demo(DemoConfig.tiny(), output_dir=root / "out", cache_dir=root / "cache", progress=False)
+    # two worker processes; the resume test reruns rows in this process and must get the same numbers
+    first = run_demo(DemoConfig.tiny(), output_dir=root / "out", cache_dir=root / "cache", progress=False, jobs=2)
     return root, first
 
 
@@ -153,7 +154,8 @@ def test_rerun_resumes_and_same_seed_reproduces(tiny_run):
         ce.with_rows(seeds=2), output_dir=first.output_dir, cache_dir=root / "cache", progress=False
     )
     assert sorted(more.computed) == sorted(["sft/ce/s1", "eval/sft/ce/s1", "rl/ce/s1", "eval/rl/ce/s1"])
-    # a fresh folder gives the same numbers for the same seed (one row suffices: rows are independent)
+    # a fresh folder, in this process (jobs=1), gives the same numbers as the two workers did (one row
+    # suffices: rows are independent)
     fresh = run_demo(ce, output_dir=root / "out2", cache_dir=root / "cache", progress=False, report=False)
     for key in ("eval/base/base/s0", "eval/sft/ce/s0", "eval/rl/ce/s0"):
         assert fresh.results["stages"][key]["splits"] == first.results["stages"][key]["splits"], key

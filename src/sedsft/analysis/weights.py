@@ -141,13 +141,12 @@ def write_weights(
     ax = axes[0] if measured else axes
     for label, w in cs.items():
         ax.plot(GRID, w, label=label, linestyle="--" if label.startswith("GEM") else "-")
-    for lam in lams:
-        star = stationary_point(float(lam))
-        if star is not None:
-            ax.plot([star], [0.0], "k.", markersize=8)
-            ax.annotate(
-                f"p*={star:.2f}", (star, 0.0), textcoords="offset points", xytext=(-10, 6), fontsize=7
-            )
+    stars = [s for s in (stationary_point(float(lam)) for lam in lams) if s is not None]
+    for i, star in enumerate(stars):
+        ax.plot([star], [0.0], "k.", markersize=8)
+        ax.annotate(
+            f"p*={star:.2f}", (star, 0.0), textcoords="offset points", xytext=(-34, -12 - 10 * i), fontsize=7
+        )
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("gold-token probability p")
     ax.set_ylabel("w: share of CE's logit gradient")

@@ -305,6 +305,7 @@ def _lambda_verdict(r: Report, lam_rows: list[Variant]) -> list[str]:
         for phase, metric, what, scale in (
             ("sft", "coverage", "strategies per problem after SFT", 1.0),
             ("sft", "tens", "share of tens after SFT", 100.0),
+            ("rl", "tens", "share of tens after GRPO", 100.0),
             ("rl", "accuracy", f"{r.hard} accuracy after GRPO", 100.0),
         ):
             c = _compare(
