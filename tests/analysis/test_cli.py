@@ -148,9 +148,9 @@ def test_bad_input_is_one_line(model_dir, data_file, tmp_path, capsys):
     )
     assert "module:function" in err
     err = _one_line_error(
-        capsys, ["sweep", "--pipeline", "x:y", "--grid", "r=0.5", "--output_dir", str(tmp_path)]
+        capsys, ["sweep", "--pipeline", "x:y", "--grid", "r=0.5", "q=2", "--output_dir", str(tmp_path)]
     )
-    assert "k=" in err
+    assert "k=" in err and "lam=" in err  # an axis the grid does not have
 
 
 def test_sweep_command_resumes(tmp_path, monkeypatch, capsys):

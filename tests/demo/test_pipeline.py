@@ -30,7 +30,9 @@ def tiny_run(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("demo")
     # two worker processes; the resume test reruns rows in this process and must get the same numbers
-    first = run_demo(DemoConfig.tiny(), output_dir=root / "out", cache_dir=root / "cache", progress=False, jobs=2)
+    first = run_demo(
+        DemoConfig.tiny(), output_dir=root / "out", cache_dir=root / "cache", progress=False, jobs=2
+    )
     return root, first
 
 

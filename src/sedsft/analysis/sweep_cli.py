@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sedsft.calibrate import DEFAULT_MASK_RATIO
 from sedsft.cli_parse import RunOptions, parse_command
 from sedsft.errors import UserError
 from sedsft.losses.objectives import DEFAULT_TOP_K
@@ -48,8 +49,8 @@ def _numbers(text: str, kind, what: str) -> list:
     return values
 
 
-# the value an axis takes when --grid leaves it out: the paper's (r as SEDSFTConfig's default, k the registry's)
-GRID_DEFAULTS = {"r": 0.7, "k": DEFAULT_TOP_K}
+# the value an axis takes when --grid leaves it out: the paper's r and k
+GRID_DEFAULTS = {"r": DEFAULT_MASK_RATIO, "k": DEFAULT_TOP_K}
 
 
 def parse_grid(items: list[str]) -> tuple[list[float], list[int], list[float] | None]:

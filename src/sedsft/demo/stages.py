@@ -10,7 +10,6 @@ folder; :mod:`sedsft.demo.pipeline` decides the order and what is already done.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -102,13 +101,6 @@ def _load(model_dir: Path):
     return load_local_model(model_dir, dtype="float32", device="cpu")
 
 
-def _trainer_default(name: str):
-    """A SEDSFTConfig field's default (the trainer's, e.g. mask_ratio 0.7), not restated here."""
-    from sedsft.train import SEDSFTConfig
-
-    return {f.name: f.default for f in dataclasses.fields(SEDSFTConfig)}[name]
-
-
 def _trainer_bar(total: int, desc: str, enabled: bool):
     """A TrainerCallback showing one progress bar over a training stage's optimizer steps."""
     from tqdm.auto import tqdm
@@ -168,8 +160,9 @@ def stage_data(ctx: Context) -> dict:
 def stage_analysis(ctx: Context) -> dict:
     """Fig. 3 on the base model (top-k mass over the SFT data) and tau at the paper's (k, r)."""
     from sedsft.analysis import analyze_topk
+    from sedsft.calibrate import DEFAULT_MASK_RATIO
 
-    top_k, r = registry_default("sed", "top_k"), _trainer_default("mask_ratio")
+    top_k, r = registry_default("sed", "top_k"), DEFAULT_MASK_RATIO
     model, tok = _load(ctx.base_dir)
     report = analyze_topk(
         model,
