@@ -130,3 +130,23 @@ def test_measured_weights_and_outputs(tmp_path):
     with pytest.raises(UserError, match="not found"):
         measured_weights(tmp_path / "missing.jsonl")
     assert weights_table([2.0], {}).count("\n") == 3
+
+
+def test_analyze_weights_command(tmp_path, capsys):
+    from sedsft.cli import main
+
+    run = tmp_path / "sft_run"
+    run.mkdir()
+    line = {"loss": 1.0, "step": 5, "mask_rate": 0.3, "mask_weight": -0.5, "mask_neg_rate": 0.75}
+    (run / "sedsft_metrics.jsonl").write_text(json.dumps(line) + "\n")
+    out = tmp_path / "w"
+    assert main(["analyze", "weights", "--lams", "1,3", "--runs", str(run), "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lambda 3: p* = 0.7287" in printed and "| -0.500 | 0.750 |" in printed
+    check_png(out / "weights.png")
+    assert (
+        main(["analyze", "weights", "--lams", "1,3", "--runs", str(run), "--output_dir", str(out)]) == 0
+    )  # resumes
+    assert main(["analyze", "weights", "--lams", "-1", "--output_dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lams" in err

@@ -3,6 +3,7 @@
     sedsft analyze topk --model PATH --data train.jsonl [--num_examples 100] [--max_k 10] [--output_dir DIR]
     sedsft analyze heatmap --model PATH --data train.jsonl --index 3 [--tau 0.8 | --mask_ratio 0.7]
     sedsft analyze heatmap --model PATH --question "..." --response "..." --tau 0.8
+    sedsft analyze weights [--lams 1,2,4] [--runs SFT_DIR ...] [--output_dir DIR]
 
 Bad input (a missing file, an index out of range, ``--tau`` with ``--mask_ratio``) is reported as one
 line and exit status 2, before the model is loaded. ``--output_dir`` is a run folder
@@ -25,6 +26,7 @@ DEFAULT_MASK_RATIO = 0.7
 TOOLS = {
     "topk": "cumulative top-k probability per position, k = 1..max_k (Figure 3)",
     "heatmap": "per-token gold probability over one example (Figure 2), PNG + HTML",
+    "weights": "effective gradient weight w(p) of every objective, p*(lambda), and w measured by SFT runs",
 }
 
 
@@ -117,6 +119,63 @@ class HeatmapArgs(AnalysisArgs):
         if self.question is None and (self.data is None or self.index is None):
             raise UserError("choose the example: --data FILE --index I, or --question TEXT --response TEXT")
         check_count("index", self.index, minimum=0, allow_none=True)
+
+
+@dataclass
+class WeightsArgs:
+    """``sedsft analyze weights``: no model; the registry's objectives and, optionally, finished SFT runs."""
+
+    lams: list[float] = field(
+        default_factory=lambda: [1.0, 2.0, 4.0],
+        metadata={"help": "SED-SFT lambdas to draw (space- or comma-separated)"},
+    )
+    gem_beta: float | None = field(
+        default=None, metadata={"help": "GEM's beta for its curve (default: the registry's)"}
+    )
+    runs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "sft output folders (or their sedsft_metrics.jsonl) whose logged w to show",
+            "manifest": False,
+        },
+    )
+    output_dir: str = field(
+        default="analysis/weights", metadata={"help": "where weights.png/.csv/.md go", "manifest": False}
+    )
+
+    def __post_init__(self):
+        if not self.lams:
+            raise UserError("--lams is empty; give e.g. --lams 1,2,4")
+        for lam in self.lams:
+            check_number("lams", lam, low=0)
+        check_number("gem_beta", self.gem_beta, low=0, open_low=True, allow_none=True)
+
+
+def run_weights(args: WeightsArgs, run_options: RunOptions) -> int:
+    from sedsft.runs import RunSpec, open_run, settings_of
+
+    from .weights import measured_weights, stationary_point, write_weights
+
+    runs = args.runs or []
+    paths = [Path(r) / "sedsft_metrics.jsonl" if Path(r).is_dir() else Path(r) for r in runs]
+    measured = {r: measured_weights(p) for r, p in zip(runs, paths)}  # each run labelled as given
+    inputs = {f"run{i}": str(p) for i, p in enumerate(paths)}
+    open_run(
+        args.output_dir,
+        RunSpec("analyze weights", settings=settings_of(args), inputs=inputs),
+        overwrite=run_options.overwrite,
+    )
+    beta = {"gem_beta": args.gem_beta} if args.gem_beta is not None else {}
+    files = write_weights(args.output_dir, lams=args.lams, measured=measured, **beta)
+    for lam in args.lams:
+        star = stationary_point(lam)
+        print(
+            f"lambda {lam:g}: "
+            + ("w >= 0 for every p < 1 (no stationary point)" if star is None else f"p* = {star:.4f}")
+        )
+    print(files["table"].read_text(), end="")
+    print(f"wrote {', '.join(p.name for p in files.values())} to {args.output_dir}")
+    return 0
 
 
 def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOptions) -> int:
@@ -237,8 +296,13 @@ def main(argv: list[str]) -> int:
             print(__doc__)
             return 0
         given = f"{argv[0]!r}" if argv else "nothing"
-        raise UserError(f"choose a tool: sedsft analyze topk ... or sedsft analyze heatmap ... (got {given})")
+        raise UserError(f"choose a tool: sedsft analyze {' | '.join(TOOLS)} ... (got {given})")
     tool, rest = argv[0], argv[1:]
+    if tool == "weights":
+        args, run_options = parse_command(
+            "analyze weights", rest, WeightsArgs, RunOptions, description=TOOLS[tool]
+        )
+        return run_weights(args, run_options)
     args, model_options, run_options = parse_command(
         f"analyze {tool}",
         rest,

@@ -38,7 +38,7 @@ import torch
 from sedsft.errors import UserError
 from sedsft.io import atomic_write_text, read_jsonl_records
 from sedsft.losses.logits import token_terms
-from sedsft.losses.objectives import get_objective
+from sedsft.losses.objectives import GEMOptions, get_objective
 
 from .plots import new_figure, save_png
 
@@ -108,7 +108,9 @@ def measured_weights(metrics_path: str | os.PathLike) -> MeasuredWeights:
 GRID = [i / 200 for i in range(1, 200)]  # p in (0, 1), step 0.005
 
 
-def curves(*, lams: Sequence[float] = (1.0, 2.0, 4.0), gem_beta: float = 0.7) -> dict[str, list[float]]:
+def curves(
+    *, lams: Sequence[float] = (1.0, 2.0, 4.0), gem_beta: float = GEMOptions.beta
+) -> dict[str, list[float]]:
     """label -> w on :data:`GRID` for CE, DFT, GEM (two-outcome) and SED-SFT on a penalised token per lam."""
     out = {
         "CE": weight_curve("ce", GRID),
@@ -124,7 +126,7 @@ def write_weights(
     output_dir: str | os.PathLike,
     *,
     lams: Sequence[float] = (1.0, 2.0, 4.0),
-    gem_beta: float = 0.7,
+    gem_beta: float = GEMOptions.beta,
     measured: dict[str, MeasuredWeights] | None = None,
 ) -> dict[str, Path]:
     """``weights.png`` (w(p) curves; with ``measured`` runs also their logged w statistics per step),
