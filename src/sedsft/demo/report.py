@@ -97,8 +97,9 @@ def rl_gains(cfg: DemoConfig, rows: list[Variant], results: dict) -> dict:
                 stages.get(eval_key("sft", v, s)),
                 stages.get(eval_key("rl", v, s)),
             )
-            if g and g.get("reward_first") is not None:
-                reward.append(g["reward_last"] - g["reward_first"])
+            if g and g.get("rewards"):
+                q = max(1, len(g["rewards"]) // 4)
+                reward.append(statistics.fmean(g["rewards"][-q:]) - statistics.fmean(g["rewards"][:q]))
             if before and after:
                 hard = cfg.hard_splits
                 acc.append(
@@ -156,7 +157,12 @@ def sec_header(r: Report) -> list[str]:
         "",
         f"Seeds: {res['seeds']} (mean ± std over seeds where more than one). Versions: "
         + ", ".join(f"{k} {v}" for k, v in res["versions"].items())
-        + f". Torch threads: {res['threads']['torch_threads']}.",
+        + (
+            f". Stages ran in {res['calls'][-1]['jobs']} worker process(es), {res['calls'][-1]['threads']} torch "
+            "thread(s) each."
+            if res.get("calls")
+            else "."
+        ),
         "",
         f"Measured wall time of each invocation on this folder (`calls.jsonl`): {calls}.",
     ]
