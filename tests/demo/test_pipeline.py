@@ -109,7 +109,7 @@ def test_figures_are_valid_pngs_with_data(tiny_run):
         w, h = _png_size(out / p)
         assert w > 100 and h > 100, p
         assert f"]({p})" in res.report_path.read_text(), p
-    assert (out / "figures/sft_curves.csv").read_text().startswith("row,step,loss")
+    assert (out / "figures/sft_curves.csv").read_text().startswith("row,seed,step,loss")
     assert (out / "figures/rl_curves.csv").read_text().startswith("row,seed,step,reward")
 
 

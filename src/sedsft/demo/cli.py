@@ -81,8 +81,9 @@ class DemoArgs:
     progress: bool = field(default=True, metadata={"help": "progress bars", "manifest": False})
 
     def __post_init__(self):
-        check_count("seeds", self.seeds, allow_none=True)
-        check_count("jobs", self.jobs, allow_none=True)
+        for name in ("seeds", "jobs"):  # unset: the preset's seeds, one job per core
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
         check_count("threads", self.threads)
         if self.objectives is not None and not _names(self.objectives):
             raise UserError("--objectives is empty; give e.g. --objectives ce,sed")
