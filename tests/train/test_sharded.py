@@ -7,34 +7,18 @@ GPUs, so the trainer-level FSDP2 run (and both runs' memory) is a GPU check: ``b
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from .sharded_worker import FSDP2_VARIANTS, ZERO3_VARIANTS, model, reference
+from .tiny import torchrun
 from .worker import train
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(out: Path, *args: str, procs: int = 2) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    cmd += ["-m", "tests.train.sharded_worker", str(out), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    proc = torchrun("tests.train.sharded_worker", str(out), *args, procs=procs, DS_ACCELERATOR="cpu")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out / f"{args[0]}.pt")
 

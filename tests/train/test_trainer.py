@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +12,11 @@ import torch
 from sedsft.losses import OBJECTIVES
 from sedsft.train import METRICS_FILE
 
+from .tiny import torchrun
 from .worker import train
 
 STATS = ("mask_rate", "de_penalty", "gold_prob", "entropy", "topk_mass", "top1_acc")
 CASES = [(o, impl) for o in OBJECTIVES for impl in ("fused", "logits")]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _params(trainer) -> dict[str, torch.Tensor]:
@@ -80,30 +76,9 @@ def test_pinned_first_losses(tmp_path, tiny_ckpt, train_file):
 
 def test_two_processes_match_one(tmp_path, tiny_ckpt, train_file):
     """torchrun, 2 processes (gloo) x 1 sequence x 2 accumulation == 1 process x 4 sequences; same tau on both ranks."""
-    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this checkout's sedsft, not an installed one
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        "29517",
-        "-m",
-        "tests.train.worker",
-        str(tmp_path / "ddp"),
-        str(tiny_ckpt),
-        str(train_file),
-        "1",
-        "2",
-        "2",
-        "sed",
-    ]
     (tmp_path / "ddp").mkdir()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    args = [str(tmp_path / "ddp"), str(tiny_ckpt), str(train_file), "1", "2", "2", "sed"]
+    proc = torchrun("tests.train.worker", *args, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == 2 and r0["tau"] == r1["tau"]

@@ -7,11 +7,32 @@ a ChatML chat template; the model is a 2-layer random Llama (no dropout) with an
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from ..tiny import char_tokenizer, tiny_llama
 
 tiny_tokenizer = char_tokenizer
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def torchrun(module: str, *args: str, procs: int = 2, timeout: int = 420, **env: str) -> subprocess.CompletedProcess:
+    """``torchrun -m module args`` with ``procs`` local processes (gloo, one thread each) on a free port.
+
+    The port is picked by the OS, so two test runs on one machine never collide; this checkout's sedsft
+    is the one imported, not an installed copy.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port), "-m", module, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def save_tiny_checkpoint(path: Path) -> Path:

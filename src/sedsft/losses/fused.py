@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .chunk import logits_into, softmax_in_place, top_and_gold
+from .chunk import entropy_scratch, logits_into, softmax_in_place, top_and_gold
 from .logits import accumulation_dtype, check_labels, denominator, shift_and_keep, summarize
 from .objectives import GEM_WEIGHTS, Objective, TokenTerms, get_objective
 from .stats import BatchStats, LossOutput
@@ -125,7 +125,7 @@ def _chunk(h, weight, bias, y, plan: Plan, bufs: dict):
     c = weighted = weight_sum = None
     if obj.uses_gem_weights:  # before z is consumed by the softmax
         c, weighted, weight_sum = _gem_target(z, top.gold, top.max, opts, bufs["c"])
-    probs, soft = softmax_in_place(z, top.max, entropy_out=bufs.get("e"))
+    probs, soft = softmax_in_place(z, top.max, scratch=bufs.get("e"))
     topk_mass = (top.values - soft.lse[:, None]).exp().sum(-1) if plan.top_k else None  # [n]
     terms = TokenTerms(top.gold, soft.lse, topk_mass, weighted, weight_sum)
     per_token, coef = token_coefficients(obj, opts, terms)
@@ -163,7 +163,7 @@ class _TorchFusedLinear(torch.autograd.Function):
         rows = min(plan.chunk_size, max(n_tok, 1))
         bufs = {"z": torch.empty(rows, vocab, dtype=acc, device=h.device)}  # the reused [n, V] buffers
         if plan.want_stats:
-            bufs["e"] = torch.empty_like(bufs["z"])
+            bufs["e"] = entropy_scratch(bufs["z"])  # [<= 64, V]
         if plan.objective.uses_gem_weights:
             bufs["c"] = torch.empty_like(bufs["z"])
         grad_h = torch.empty_like(h) if need_h else None
@@ -277,7 +277,7 @@ def fused_linear(
 
         loss, stats_vec = TritonFusedLinear.apply(h, weight, bias, plan)
     else:
-        buffers = 1 + bool(return_stats) + obj.uses_gem_weights
+        buffers = 1 + obj.uses_gem_weights  # (the entropy adds a 64-row scratch, not a buffer)
         rows = chunk_size or auto_chunk_size(h.shape[0], weight.shape[0], device=h.device, buffers=buffers)
         plan = replace(plan, chunk_size=rows)
         loss, stats_vec = _TorchFusedLinear.apply(h, weight, bias, plan)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .chunk import logits_into, softmax_in_place, top_and_gold
+from .chunk import entropy_scratch, logits_into, softmax_in_place, top_and_gold
 from .fused import auto_chunk_size, resolve_impl
 from .logits import accumulation_dtype
 
@@ -120,8 +120,8 @@ def _torch_token_stats(hidden, weight, targets, *, bias, k: int, chunk_size: int
     vocab = hidden.shape[1] if weight is None else weight.shape[0]
     acc = accumulation_dtype(hidden.dtype)
     rows = max(1, min(chunk_size or auto_chunk_size(n_rows, vocab, device=hidden.device), max(n_rows, 1)))
-    zbuf = torch.empty(rows, vocab, dtype=acc, device=hidden.device)  # the reused [n, V] buffers
-    ebuf = torch.empty_like(zbuf)
+    zbuf = torch.empty(rows, vocab, dtype=acc, device=hidden.device)  # the reused [n, V] buffer
+    scratch = entropy_scratch(zbuf)  # [<= 64, V]
     f32 = dict(dtype=torch.float32, device=hidden.device)
     top_logp = torch.empty(n_rows, k, **f32)  # [N, k]
     top_ids = torch.empty(n_rows, k, dtype=torch.long, device=hidden.device)
@@ -138,7 +138,7 @@ def _torch_token_stats(hidden, weight, targets, *, bias, k: int, chunk_size: int
         else:
             z = logits_into(zbuf[:n], h, weight, bias)  # [n, V]
         top = top_and_gold(z, targets[sl] if targets is not None else None, top_k=k, ids=True)
-        _, soft = softmax_in_place(z, top.max, entropy_out=ebuf[:n])
+        _, soft = softmax_in_place(z, top.max, scratch=scratch)
         top_logp[sl] = top.values - soft.lse[:, None]
         top_ids[sl] = top.ids
         entropy[sl] = soft.entropy
