@@ -130,6 +130,19 @@ def test_time_limit_grades_a_slow_comparison_incorrect(monkeypatch):
     assert grade(r"\boxed{4}", "4", timeout_s=0.2).correct  # the cheap paths need no SymPy
 
 
+def test_equations_in_different_unknowns_never_reach_the_solver(monkeypatch):
+    """Math-Verify's solve-and-compare is skipped where the unknowns differ (it can take SymPy seconds)."""
+    import math_verify
+
+    calls = []
+    real = math_verify.verify
+    monkeypatch.setattr(math_verify, "verify", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert not answers_match("y=c_{1} x+c_{2} x^{1 / 3}", "x=-\\frac{1}{4}")
+    assert not answers_match("20 \\cos(\\pi/4) \\cdot 300 = 4242.6", "y=c_{1}+c_{2} x")
+    assert calls == []
+    assert answers_match("2x-y+1=0", "y=2x+1") and len(calls) == 1  # the same unknowns: compared
+
+
 _MATRIX_BODY_RE = re.compile(
     r"(\\begin\{(?:pmatrix|bmatrix|array)\}(?:\{[lcr]*\})?)(.*?)(\\end\{(?:pmatrix|bmatrix|array)\})", re.S
 )

@@ -4,9 +4,9 @@ Equal normalised strings; plain numbers (exact fractions, decimals to 1e-6 relat
 ``x/100`` only where a percent sign is written); ``a \\approx b`` matches what ``a`` or ``b`` matches;
 an assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
 equation that is no assignment never equals a value, two assignments of constants to different
-names differ (``x = 5`` vs ``y = 5``), other pairs of equations are compared as equations; an
-unbracketed list (``1, 2 and 3``) as an unordered multiset, item by item; anything else by
-Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals, sets, tuples, matrices).
+names differ (``x = 5`` vs ``y = 5``), other pairs of equations are compared as equations (never
+equal when their unknowns differ); an unbracketed list (``1, 2 and 3``) as an unordered multiset,
+item by item; anything else by Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals, sets, tuples, matrices).
 
 Only Math-Verify's LaTeX parser (ANTLR) sees model output, never its ``ExprExtractionConfig``, which
 goes through SymPy's ``parse_expr`` (Python ``eval``). An answer over ``MAX_ANSWER_CHARS`` or nested
@@ -185,7 +185,25 @@ def _math_verify(gold: str, pred: str) -> bool:
         return False  # prose: Math-Verify would compare stray fragments of it
     with within_budget():
         g, p = parse_answer(gold), parse_answer(pred)
-        return bool(g and p and verify(g, p, timeout_seconds=None))
+        if not (g and p):
+            return False
+        gu, pu = _unknowns(g[0]), _unknowns(p[0])
+        if gu is not None and pu is not None and gu != pu:
+            return False
+        return bool(verify(g, p, timeout_seconds=None))
+
+
+def _unknowns(expr) -> frozenset | None:
+    """The unknowns of a parsed equation (SymPy's free symbols of lhs - rhs: bound variables are not
+    free, terms that cancel are gone); None for anything else, which Math-Verify compares as it does.
+
+    Equations in different unknowns are different equations. Math-Verify would still try to solve
+    both for their symbols and compare the solutions, which can keep SymPy busy for many seconds
+    (``y = c_1 x + c_2 x^{1/3}`` against ``x = -1/4``: 14 s) to say no.
+    """
+    from sympy import Eq
+
+    return frozenset((expr.lhs - expr.rhs).free_symbols) if isinstance(expr, Eq) else None
 
 
 # ---- comparison ----------------------------------------------------------------------------------
