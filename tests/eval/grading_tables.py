@@ -171,7 +171,11 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("7 = 11a+c", r"\boxed{11a+c}", False),
         # different unknowns: a quick no (Math-Verify's solve-and-compare takes SymPy ~14 s on the first)
         ("x=-\\frac{1}{4}", r"\boxed{y=c_{1} x+c_{2} x^{1 / 3}}", False),
-        ("\\log_{10} y = \\frac{11}{9}", r"\boxed{y=x^{2}\left[c_{1} \cos (3 \ln x)+c_{2} \sin (3 \ln x)\right]}", False),
+        (
+            "\\log_{10} y = \\frac{11}{9}",
+            r"\boxed{y=x^{2}\left[c_{1} \cos (3 \ln x)+c_{2} \sin (3 \ln x)\right]}",
+            False,
+        ),
         # unknowns are SymPy's free symbols of lhs - rhs: a summation index is bound, cancelled terms go
         ("y = \\sum_{n=1}^{3} n x", r"\boxed{y = 6x}", True),
         ("a = 3", r"\boxed{a + b = 3 + b}", True),

@@ -19,7 +19,9 @@ tiny_tokenizer = char_tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def torchrun(module: str, *args: str, procs: int = 2, timeout: int = 420, **env: str) -> subprocess.CompletedProcess:
+def torchrun(
+    module: str, *args: str, procs: int = 2, timeout: int = 420, **env: str
+) -> subprocess.CompletedProcess:
     """``torchrun -m module args`` with ``procs`` local processes (gloo, one thread each) on a free port.
 
     The port is picked by the OS, so two test runs on one machine never collide; this checkout's sedsft
