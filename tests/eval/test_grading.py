@@ -141,6 +141,9 @@ def test_equations_in_different_unknowns_never_reach_the_solver(monkeypatch):
     assert not answers_match("20 \\cos(\\pi/4) \\cdot 300 = 4242.6", "y=c_{1}+c_{2} x")
     assert calls == []
     assert answers_match("2x-y+1=0", "y=2x+1") and len(calls) == 1  # the same unknowns: compared
+    # an equation whose side is no expression (a set of solutions) goes to Math-Verify as it is
+    set_eq = "x=\\frac{1}{6} \\pi+\\pi k, \\frac{5}{6} \\pi+\\pi k"
+    assert grade(f"$${set_eq}$$", "3").error is None and grade("\\boxed{(-\\infty,-5)}", set_eq).error is None
 
 
 _MATRIX_BODY_RE = re.compile(

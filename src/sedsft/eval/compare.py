@@ -201,9 +201,11 @@ def _unknowns(expr) -> frozenset | None:
     both for their symbols and compare the solutions, which can keep SymPy busy for many seconds
     (``y = c_1 x + c_2 x^{1/3}`` against ``x = -1/4``: 14 s) to say no.
     """
-    from sympy import Eq
+    from sympy import Eq, Expr
 
-    return frozenset((expr.lhs - expr.rhs).free_symbols) if isinstance(expr, Eq) else None
+    if not (isinstance(expr, Eq) and isinstance(expr.lhs, Expr) and isinstance(expr.rhs, Expr)):
+        return None  # not an equation of two expressions (``x = {1, 2}``, a matrix equation)
+    return frozenset((expr.lhs - expr.rhs).free_symbols)
 
 
 # ---- comparison ----------------------------------------------------------------------------------
