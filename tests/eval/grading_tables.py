@@ -179,6 +179,18 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         # unknowns are SymPy's free symbols of lhs - rhs: a summation index is bound, cancelled terms go
         ("y = \\sum_{n=1}^{3} n x", r"\boxed{y = 6x}", True),
         ("a = 3", r"\boxed{a + b = 3 + b}", True),
+        # assignments to one name compare right sides: vectors keep their order (college_math's ODEs)
+        (
+            "\\mathbf{y}=c_{1}\\left[\\begin{array}{r}-2 \\\\ 1\\end{array}\\right] e^{-9 t}",
+            r"\boxed{\mathbf{y} = c_1 e^{-9t} \begin{pmatrix} -2 \\ 1 \end{pmatrix}}",
+            True,
+        ),
+        (
+            "\\mathbf{y}=c_{1}\\left[\\begin{array}{r}-2 \\\\ 1\\end{array}\\right] e^{-9 t}",
+            r"\boxed{\mathbf{y} = c_1 e^{-9t} \begin{pmatrix} 1 \\ -2 \end{pmatrix}}",
+            False,
+        ),
+        ("y = 2y + 1", r"\boxed{y = -1}", True),  # the name on both sides: compared as equations
     ],
     "assignments": [
         ("5", r"\boxed{x=5}", True),

@@ -4,9 +4,12 @@ Equal normalised strings; plain numbers (exact fractions, decimals to 1e-6 relat
 ``x/100`` only where a percent sign is written); ``a \\approx b`` matches what ``a`` or ``b`` matches;
 an assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
 equation that is no assignment never equals a value, two assignments of constants to different
-names differ (``x = 5`` vs ``y = 5``), other pairs of equations are compared as equations (never
+names differ (``x = 5`` vs ``y = 5``), two assignments to the same name compare their right sides
+(``y = f`` vs ``y = g``: Math-Verify's own equation test calls two equations SymPy cannot solve
+equal, vector ones included), other pairs of equations are compared as equations (never
 equal when their unknowns differ); an unbracketed list (``1, 2 and 3``) as an unordered multiset,
-item by item; anything else by Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals, sets, tuples, matrices).
+item by item; anything else by Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals,
+sets, tuples, matrices).
 
 Only Math-Verify's LaTeX parser (ANTLR) sees model output, never its ``ExprExtractionConfig``, which
 goes through SymPy's ``parse_expr`` (Python ``eval``). An answer over ``MAX_ANSWER_CHARS`` or nested
@@ -93,6 +96,13 @@ def _is_target(lhs: str) -> bool:
     t = _TARGET_DECORATION_RE.sub("", lhs)  # a_1, B^{-1}, A^T, f'(x)
     t = _TARGET_COMMANDS_RE.sub("", t)
     return len(lhs) <= 40 and _LETTER_RE.search(t) is not None and not _NOT_TARGET_RE.search(t)
+
+
+def _names_in(side: str, target: str) -> bool:
+    """Whether ``side`` mentions a letter that names ``target`` (y in y = 2y + 1; f, not x, in f(x))."""
+    name = _COMMAND_RE.sub("", re.sub(r"\([^()]*\)", "", target))
+    letters = set(_LETTER_RE.findall(name))
+    return bool(letters & set(_LETTER_RE.findall(_COMMAND_RE.sub("", side))))
 
 
 def _is_constant(s: str) -> bool:
@@ -205,7 +215,10 @@ def _unknowns(expr) -> frozenset | None:
 
     if not (isinstance(expr, Eq) and isinstance(expr.lhs, Expr) and isinstance(expr.rhs, Expr)):
         return None  # not an equation of two expressions (``x = {1, 2}``, a matrix equation)
-    return frozenset((expr.lhs - expr.rhs).free_symbols)
+    try:
+        return frozenset((expr.lhs - expr.rhs).free_symbols)
+    except Exception:  # SymPy refuses the difference (a matrix symbol and a scalar): no shortcut
+        return None
 
 
 # ---- comparison ----------------------------------------------------------------------------------
@@ -231,6 +244,8 @@ def _match(p: str, g: str, percent: bool) -> bool:
         (pl, pr), (gl, gr) = pe, ge
         if _is_target(pl) and _is_target(gl) and _is_constant(pr) and _is_constant(gr):
             return key(pl) == key(gl) and _match(pr, gr, percent)  # x = 5 vs y = 5 differ
+        if _is_target(pl) and key(pl) == key(gl) and not (_names_in(pr, pl) or _names_in(gr, gl)):
+            return _match(pr, gr, percent)  # y = f vs y = g: f = g (also where f is a vector)
         return _math_verify(g, p)
     if pe or ge:  # one equation, one value
         (lhs, rhs), value = (pe, g) if pe else (ge, p)
