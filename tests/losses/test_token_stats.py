@@ -71,3 +71,17 @@ def test_bad_arguments():
         losses.token_stats(hidden[0], weight[:, :3])
     with pytest.raises(ValueError, match="impl must be one of"):
         losses.token_stats(hidden[0], weight, impl="cuda")
+
+
+@pytest.mark.parametrize("rows,block", [(13, 5), (64, 64), (200, 64), (3, 8)])
+def test_blocked_entropy_equals_the_full_softmax(rows, block):
+    """softmax_in_place's entropy over blocks of scratch rows (a remainder block included) is exact."""
+    from sedsft.losses.chunk import entropy_scratch, softmax_in_place
+
+    z = torch.randn(rows, 37, dtype=torch.float64) * 4
+    want_p, want_h = z.softmax(-1), torch.distributions.Categorical(logits=z).entropy()
+    probs, soft = softmax_in_place(z.clone(), z.amax(-1), scratch=torch.empty(block, 37, dtype=torch.float64))
+    torch.testing.assert_close(probs, want_p)
+    torch.testing.assert_close(soft.entropy, want_h)
+    torch.testing.assert_close(soft.lse, z.logsumexp(-1))
+    assert entropy_scratch(torch.empty(rows, 37)).shape == (min(rows, max(64, -(-rows // 8))), 37)

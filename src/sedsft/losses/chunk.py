@@ -7,7 +7,7 @@ so the trainer's logged numbers and calibration/analysis come from the same comp
     top = top_and_gold(z, y, top_k=2)                      # z untouched: max / top-k, gold logit
     probs, soft = softmax_in_place(z, top.max, scratch=entropy_scratch(z))   # z is consumed
 
-Everything is vectorised over the chunk, or over blocks of ``ENTROPY_BLOCK_ROWS`` rows (no per-row loop),
+Everything is vectorised over the chunk, or over a few blocks of rows for the entropy (no per-row loop),
 and nothing here waits for the device.
 """
 
@@ -60,12 +60,20 @@ class Softmax:
     entropy: Tensor | None  # [n] nats (when an entropy buffer was given)
 
 
-ENTROPY_BLOCK_ROWS = 64  # rows of the entropy's scratch buffer: small, so the chunk keeps its full size
+ENTROPY_BLOCK_ROWS = 64  # the least rows of the entropy's scratch buffer
+ENTROPY_BLOCKS = 8  # at most this many blocks per chunk: the scratch is ~1/8 of the chunk's buffer
 
 
 def entropy_scratch(z: Tensor) -> Tensor:
-    """The small ``[b, V]`` scratch buffer :func:`softmax_in_place` needs for the entropy (b <= 64 rows)."""
-    return torch.empty(min(ENTROPY_BLOCK_ROWS, z.shape[0]), z.shape[1], dtype=z.dtype, device=z.device)
+    """The ``[b, V]`` scratch buffer :func:`softmax_in_place` needs for the entropy.
+
+    b = max(64, n / 8) rows for a chunk ``z`` of n rows: on CPU (chunks of a few hundred rows) 64 rows,
+    a small buffer; on a GPU, whose chunks have thousands of rows, at most 8 blocks per chunk, so the
+    loop costs a few kernel launches, not one per 64 rows.
+    """
+    n = z.shape[0]
+    rows = min(n, max(ENTROPY_BLOCK_ROWS, -(-n // ENTROPY_BLOCKS)))
+    return torch.empty(rows, z.shape[1], dtype=z.dtype, device=z.device)
 
 
 def softmax_in_place(z: Tensor, zmax: Tensor, *, scratch: Tensor | None = None) -> tuple[Tensor, Softmax]:

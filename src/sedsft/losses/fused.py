@@ -163,7 +163,7 @@ class _TorchFusedLinear(torch.autograd.Function):
         rows = min(plan.chunk_size, max(n_tok, 1))
         bufs = {"z": torch.empty(rows, vocab, dtype=acc, device=h.device)}  # the reused [n, V] buffers
         if plan.want_stats:
-            bufs["e"] = entropy_scratch(bufs["z"])  # [<= 64, V]
+            bufs["e"] = entropy_scratch(bufs["z"])  # [max(64, n/8), V]
         if plan.objective.uses_gem_weights:
             bufs["c"] = torch.empty_like(bufs["z"])
         grad_h = torch.empty_like(h) if need_h else None
@@ -277,7 +277,7 @@ def fused_linear(
 
         loss, stats_vec = TritonFusedLinear.apply(h, weight, bias, plan)
     else:
-        buffers = 1 + obj.uses_gem_weights  # (the entropy adds a 64-row scratch, not a buffer)
+        buffers = 1 + obj.uses_gem_weights  # (the entropy adds a scratch of at most ~1/8 buffer)
         rows = chunk_size or auto_chunk_size(h.shape[0], weight.shape[0], device=h.device, buffers=buffers)
         plan = replace(plan, chunk_size=rows)
         loss, stats_vec = _TorchFusedLinear.apply(h, weight, bias, plan)

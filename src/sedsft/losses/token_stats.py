@@ -121,7 +121,7 @@ def _torch_token_stats(hidden, weight, targets, *, bias, k: int, chunk_size: int
     acc = accumulation_dtype(hidden.dtype)
     rows = max(1, min(chunk_size or auto_chunk_size(n_rows, vocab, device=hidden.device), max(n_rows, 1)))
     zbuf = torch.empty(rows, vocab, dtype=acc, device=hidden.device)  # the reused [n, V] buffer
-    scratch = entropy_scratch(zbuf)  # [<= 64, V]
+    scratch = entropy_scratch(zbuf)  # [max(64, n/8), V]
     f32 = dict(dtype=torch.float32, device=hidden.device)
     top_logp = torch.empty(n_rows, k, **f32)  # [N, k]
     top_ids = torch.empty(n_rows, k, dtype=torch.long, device=hidden.device)
