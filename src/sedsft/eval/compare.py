@@ -242,10 +242,11 @@ def _match(p: str, g: str, percent: bool) -> bool:
     pe, ge = _equation(p), _equation(g)
     if pe and ge:
         (pl, pr), (gl, gr) = pe, ge
-        if _is_target(pl) and _is_target(gl) and _is_constant(pr) and _is_constant(gr):
-            return key(pl) == key(gl) and _match(pr, gr, percent)  # x = 5 vs y = 5 differ
-        if _is_target(pl) and key(pl) == key(gl) and not (_names_in(pr, pl) or _names_in(gr, gl)):
-            return _match(pr, gr, percent)  # y = f vs y = g: f = g (also where f is a vector)
+        if _is_target(pl) and _is_target(gl):  # two assignments
+            if key(pl) == key(gl) and not (_names_in(pr, pl) or _names_in(gr, gl)):
+                return _match(pr, gr, percent)  # y = f vs y = g: f = g (also where f is a vector)
+            if _is_constant(pr) and _is_constant(gr):
+                return False  # x = 5 vs y = 5 differ
         return _math_verify(g, p)
     if pe or ge:  # one equation, one value
         (lhs, rhs), value = (pe, g) if pe else (ge, p)
