@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from sedsft.errors import UserError
-from sedsft.runs import MANIFEST, RunSpec, fingerprint, open_run, settings_of
+from sedsft.runs import LOCK, MANIFEST, RunSpec, fingerprint, open_run, release_all, settings_of
+
+
+@pytest.fixture(autouse=True)
+def _free_folders():
+    yield
+    release_all()  # what the end of a command does: each test's folders are let go
 
 
 @pytest.fixture
@@ -62,7 +68,9 @@ def test_overwrite_starts_clean(tmp_path, inputs):
     (out / "validation.parquet").write_text("old")
     (out / "checkpoint-2").mkdir()
     run = open_run(out, spec(model, data, temperature=1.0), overwrite=True)
-    assert not run.resumed and sorted(p.name for p in out.iterdir()) == [MANIFEST]
+    assert not run.resumed and sorted(p.name for p in out.iterdir()) == [LOCK, MANIFEST]  # the lock stays
+    release_all()
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST]  # and goes with the command
     assert json.loads((out / MANIFEST).read_text())["settings"]["temperature"] == 1.0
 
 
@@ -74,9 +82,15 @@ def test_a_folder_of_someone_else_is_never_used_or_deleted(tmp_path, inputs):
         with pytest.raises(UserError, match=r"is not empty \(thesis.tex, ...\) and holds no sedsft run"):
             open_run(out, spec(*inputs), overwrite=overwrite)
     assert (out / "thesis.tex").read_text() == "precious"
-    empty = tmp_path / "empty"
-    (empty / ".hidden_cache").mkdir(parents=True)
-    assert not open_run(empty, spec(*inputs)).resumed  # hidden entries do not count
+    hidden = tmp_path / "repo"
+    (hidden / ".git").mkdir(parents=True)
+    (hidden / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (hidden / ".env").write_text("TOKEN=secret\n")
+    for overwrite in (False, True):  # hidden entries are content too
+        with pytest.raises(UserError, match=r"repo is not empty \(.env, .git, ...\) and holds no sedsft run"):
+            open_run(hidden, spec(*inputs), overwrite=overwrite)
+    assert sorted(p.name for p in hidden.iterdir()) == [".env", ".git"]  # nothing written, nothing deleted
+    assert (hidden / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     with pytest.raises(UserError, match="is a file"):

@@ -4,7 +4,7 @@ Every command that writes a folder (sft, grpo, eval, filter, export-verl, analyz
 it with :func:`open_run` before it writes anything else:
 
     spec = RunSpec("filter", settings=settings_of(args, config), inputs={"model": args.model, "data": args.data})
-    run = open_run(args.output_dir, spec, overwrite=args.overwrite)
+    run = open_run(args.output_dir, spec, overwrite=args.overwrite, wait=args.wait)
     if run.finished: ...            # this very run completed before: report it, redo nothing
     ...                             # the work, resuming from what the folder already holds
     run.mark_finished()
@@ -18,10 +18,24 @@ each input file or folder by path and fingerprint. The rule:
 - the same command, settings and input fingerprints (paths may differ): the run resumes;
 - anything different: refused in one line that names what differs; choose another ``--output_dir``,
   or pass ``--overwrite`` to delete the folder's contents and start over;
-- a non-empty folder without a manifest (another program's, or an older sedsft's) is refused, and
-  ``--overwrite`` never deletes it.
+- a folder with any entry (hidden ones such as ``.git`` or ``.env`` included) but no manifest -- another
+  program's, or an older sedsft's -- is refused, and ``--overwrite`` never deletes it;
+- a manifest that is not one (not JSON, not an object, a key missing or of the wrong type, e.g. after
+  an edit by hand) is refused as a whole, naming the file and what is wrong; nothing there is deleted.
 
 So a folder only ever holds the files of one run.
+
+One process at a time. A run holds an advisory lock (``fcntl.flock``) on ``.sedsft_run.lock`` in its
+folder from :func:`open_run` until the command ends (:func:`release_all`), the process exits, or
+every :class:`Run` it opened there is closed. The file records the holder's pid, host and command,
+and is removed when the lock is let go. Another process opening the folder is refused in one line
+naming that pid, or with ``wait=True`` (``--wait``) waits for it and then judges the folder afresh.
+The kernel drops a lock when its holder dies, so a killed run's lock is taken over (its lock file is
+all it leaves). The order: the folder is judged before anything is written to it (a foreign folder
+never gets a lock file), then locked, then judged again under the lock. The lock file, and a torn
+temporary file of the manifest, are sedsft's own: they never make a folder look foreign, and
+``--overwrite`` keeps the lock. Only the main process of a distributed job locks; the other ranks
+check that their own job holds it.
 
 Fingerprint of an input, cheap for large weights: a file of at most 64 MiB is the SHA-256 of its
 bytes; a larger file is its size and modification time (ns); a folder is the SHA-256 over the sorted
@@ -32,11 +46,17 @@ identity; re-saving a weight file (new modification time) changes it.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import platform
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +68,7 @@ from sedsft.io import atomic_write_json
 
 MANIFEST = "sedsft_run.json"
 FORMAT = "sedsft-run/1"
+LOCK = ".sedsft_run.lock"  # the run folder's lock file (module doc)
 SMALL_FILE = 64 * 2**20  # bytes; larger files are fingerprinted by size and modification time
 _LISTED_FILES = 64  # an input folder with at most this many files keeps its per-file fingerprints
 
@@ -86,10 +107,23 @@ class Run:
     manifest: dict
     resumed: bool
     main_process: bool = True
+    _lock: Path | None = field(default=None, repr=False)  # the folder this Run keeps locked
 
     @property
     def finished(self) -> bool:
         return bool(self.manifest["state"].get("finished"))
+
+    def close(self) -> None:
+        """Let go of the folder's lock (once every Run this process opened there is closed)."""
+        if self._lock is not None:
+            _unlock(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def mark_finished(self) -> None:
         """Record in the manifest that the run completed (a rerun can then report it and stop)."""
@@ -201,12 +235,18 @@ def _differences(old: dict, new: dict) -> list[str]:
     return out
 
 
-def _visible_entries(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+def _is_own(name: str) -> bool:
+    """sedsft's bookkeeping in a run folder, which never makes a folder look used: the lock, a torn manifest write."""
+    return name == LOCK or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp"))
+
+
+def _contents(folder: Path) -> list[Path]:
+    """Every entry of ``folder``, hidden ones included, but sedsft's own bookkeeping files."""
+    return [p for p in folder.iterdir() if not _is_own(p.name)]
 
 
 def _clear(folder: Path) -> None:
-    for p in folder.iterdir():
+    for p in _contents(folder):  # the lock stays: this process holds it
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
@@ -232,25 +272,85 @@ def check_run(output_dir: str | os.PathLike, spec: RunSpec, *, overwrite: bool =
     _judge(out, build_manifest(out, spec), overwrite)
 
 
+_JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "true/false", type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), "number")
+
+
+def _manifest_problem(old: Any) -> str | None:
+    """What is wrong with a manifest read from disk, checked as a whole (None: nothing)."""
+    if not isinstance(old, dict):
+        return f"it holds a JSON {_kind(old)}, not an object"
+    if old.get("format") != FORMAT:
+        return f"'format' is {_short(old.get('format'))}, not {json.dumps(FORMAT)}"
+    for key, kind in (("command", str), ("settings", dict), ("inputs", dict), ("state", dict)):
+        if key not in old:
+            return f"{key!r} is missing"
+        if not isinstance(old[key], kind):
+            return f"{key!r} must be a JSON {_JSON_KINDS[kind]}, not a {_kind(old[key])}"
+    for name, entry in old["inputs"].items():
+        if not (
+            isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("path", "fingerprint"))
+        ):
+            return f"input {name!r} must be an object with 'path' and 'fingerprint' strings"
+        files = entry.get("files", {})
+        if not (isinstance(files, dict) and all(isinstance(v, str) for v in files.values())):
+            return f"input {name!r}: 'files' must map file names to fingerprint strings"
+    state = old["state"]
+    if not isinstance(state.get("finished"), bool):
+        return f"'state.finished' must be true or false, not {_short(state.get('finished', '(missing)'))}"
+    for key in ("sedsft_version", "created_utc", "finished_utc"):
+        if key in state and not isinstance(state[key], str):
+            return f"'state.{key}' must be a string, not a {_kind(state[key])}"
+    return None
+
+
+def read_manifest(out: Path) -> dict | None:
+    """The manifest in ``out`` (None: there is none), validated as a whole; a broken one is a UserError."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    problem = None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        problem = f"not JSON: {e.msg} at line {e.lineno}"
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); choose another --output_dir") from None
+    else:
+        problem = _manifest_problem(old)
+    if problem is not None:
+        raise UserError(
+            f"{path} is not a valid sedsft run manifest ({problem}); restore the file, or choose another "
+            f"--output_dir: sedsft uses and deletes nothing in {out} while it is broken, --overwrite included"
+        )
+    return old
+
+
 def _judge(out: Path, new: dict, overwrite: bool) -> dict | None:
     """The manifest already in ``out`` (None: none there) if the rule lets ``new`` open it; else a UserError."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} is a file; pass a folder path")
-    path = out / MANIFEST
-    if not path.is_file():
-        if out.is_dir() and _visible_entries(out):
-            names = ", ".join(sorted(p.name for p in _visible_entries(out))[:3])
+    old = read_manifest(out)
+    if old is None:
+        try:
+            entries = _contents(out) if out.is_dir() else []
+        except OSError as e:
             raise UserError(
-                f"{out} is not empty ({names}, ...) and holds no sedsft run ({MANIFEST}): it was made by another "
-                "program or an older sedsft; choose another --output_dir or empty it yourself"
+                f"cannot read output folder {out} ({e.strerror}); choose another --output_dir"
+            ) from None
+        if entries:
+            names = ", ".join(sorted(p.name for p in entries)[:3])
+            raise UserError(
+                f"{out} is not empty ({names}, ...) and holds no sedsft run "
+                f"({MANIFEST}): it was made by another program or an older sedsft; choose another --output_dir "
+                "or empty it yourself (sedsft never deletes it, --overwrite included)"
             )
         return None
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        old = None
-    if not isinstance(old, dict) or old.get("format") != FORMAT:
-        raise UserError(f"{path} is not a sedsft run manifest; remove it or choose another --output_dir")
     diffs = _differences(old, new)
     if diffs and not overwrite:
         raise UserError(
@@ -260,17 +360,145 @@ def _judge(out: Path, new: dict, overwrite: bool) -> dict | None:
     return old
 
 
+# ---- one process per folder ------------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    fd: int  # the open lock file; closing it lets go of the lock
+    users: int  # Runs of this process that use the folder
+
+
+_HELD: dict[Path, _Held] = {}  # folder (resolved) -> the lock this process holds there
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child: close the parent's lock files, so that they die with the parent (the parent
+    keeps its locks; a child with a copy would keep the folder locked after its parent was killed)."""
+    for held in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(held.fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
+def _command_line() -> str:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return shlex.join([name, *sys.argv[1:]])[:300]
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from what the lock file says (a holder writes it once it has the lock)."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (ValueError, OSError):
+        info = None
+    if not isinstance(info, dict) or not info.get("pid"):
+        return "another process"
+    where = f" on {info['host']}" if info.get("host") not in (None, platform.node()) else ""
+    command = str(info.get("command") or "")
+    command = f", `{command if len(command) <= 60 else command[:57] + '...'}`" if command else ""
+    since = f", since {info['since_utc']}" if info.get("since_utc") else ""
+    return f"another process (pid {info['pid']}{where}{command}{since})"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _lock(out: Path, *, wait: bool) -> Path:
+    """Lock the run folder ``out`` for this process (module doc); the key that :func:`_unlock` takes."""
+    key = out.resolve()
+    held = _HELD.get(key)
+    if held is not None:  # this process runs here already (a command, then the library function it calls)
+        held.users += 1
+        return key
+    path = key / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                if not wait:
+                    raise UserError(
+                        f"{out} is in use by {holder}; let it finish, pass --wait to wait for it, or choose "
+                        "another --output_dir"
+                    ) from None
+                print(
+                    f"sedsft: {out} is in use by {holder}; waiting for it (--wait)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:  # a file system without locks (some network mounts)
+                raise UserError(
+                    f"cannot lock {path} ({e.strerror}); choose an --output_dir on a local disk"
+                ) from None
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the lock file was removed or replaced while we waited: lock the one there now
+    info = {"pid": os.getpid(), "host": platform.node(), "command": _command_line(), "since_utc": _now()}
+    info["job"] = _job()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+    _HELD[key] = _Held(fd, 1)
+    return key
+
+
+def _unlock(key: Path, *, every_user: bool = False) -> None:
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held.users = 0 if every_user else held.users - 1
+    if held.users > 0:
+        return
+    del _HELD[key]
+    if _same_file(held.fd, key / LOCK):  # still ours: removed while held, so no lock file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(key / LOCK)
+    os.close(held.fd)  # a process waiting on the removed file sees it gone and locks the new one
+
+
+def release_all() -> None:
+    """Let go of every run folder this process holds (the end of a command; also run at exit)."""
+    for key in list(_HELD):
+        _unlock(key, every_user=True)
+
+
+atexit.register(release_all)
+
+
+def _cannot_write(out: Path, e: OSError) -> UserError:
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        parent = next((p for p in out.parents if p.exists() and not p.is_dir()), out.parent)
+        return UserError(f"cannot make output folder {out}: {parent} is a file; choose another --output_dir")
+    return UserError(f"cannot write to output folder {out} ({e.strerror}); choose another --output_dir")
+
+
 def open_run(
     output_dir: str | os.PathLike,
     spec: RunSpec,
     *,
     overwrite: bool = False,
+    wait: bool = False,
     main_process: bool = True,
 ) -> Run:
-    """Open ``output_dir`` for the run ``spec`` under the rule of the module doc.
+    """Open ``output_dir`` for the run ``spec`` under the rule of the module doc, locked for this process.
 
-    ``main_process=False`` (other ranks of a distributed job, after the main one): only check that
-    the folder holds this run; nothing is written or deleted.
+    ``wait``: if another process holds the folder, wait for it instead of refusing. ``main_process=False``
+    (other ranks of a distributed job, after the main one): only check that the folder holds this
+    run; nothing is written, locked or deleted.
     """
     out = Path(output_dir).expanduser()
     new = build_manifest(out, spec)
@@ -279,37 +507,78 @@ def open_run(
         if old is None:
             raise UserError(f"{out} holds no run manifest on this process's side; rerun the command")
         return Run(out, old, resumed=True, main_process=False)
-    old = _judge(out, new, overwrite)
-    if old is not None:
-        if not overwrite:
-            return Run(out, old, resumed=True)
-        _clear(out)  # a sedsft run folder, replaced on request: nothing of the old run stays
-    from sedsft import __version__
-
-    new["state"] = {"sedsft_version": __version__, "created_utc": _now(), "finished": False}
+    _judge(out, new, overwrite)  # before anything is written there, the lock file included
     try:
         out.mkdir(parents=True, exist_ok=True)
+        key = _lock(out, wait=wait)
+    except OSError as e:
+        raise _cannot_write(out, e) from None
+    try:
+        old = _judge(out, new, overwrite)  # again, under the lock: another run may have changed the folder
+        if old is not None and not overwrite:
+            return Run(out, old, resumed=True, _lock=key)
+        if old is not None:
+            _clear(out)  # a sedsft run folder, replaced on request: nothing of the old run stays
+        from sedsft import __version__
+
+        new["state"] = {"sedsft_version": __version__, "created_utc": _now(), "finished": False}
         atomic_write_json(out / MANIFEST, new)
-    except PermissionError as e:
-        raise UserError(
-            f"cannot write to output folder {out} ({e.strerror}); choose another --output_dir"
-        ) from None
-    return Run(out, new, resumed=False)
+    except OSError as e:
+        _unlock(key)
+        raise _cannot_write(out, e) from None
+    except BaseException:
+        _unlock(key)
+        raise
+    return Run(out, new, resumed=False, _lock=key)
 
 
 # ---- Trainer folders (sft, grpo) ---------------------------------------------------------------------
 
 
-def open_training_run(args, spec: RunSpec, *, overwrite: bool = False) -> Run:
+def open_training_run(args, spec: RunSpec, *, overwrite: bool = False, wait: bool = False) -> Run:
     """:func:`open_run` for a Trainer's ``args.output_dir`` under a distributed launch.
 
     Every process judges the folder first (the same files, the same verdict: a refusal stops them all
-    alike, none waits at a barrier); then the main process writes, and the others read it back.
+    alike, none waits at a barrier); then the main process locks and writes, and the others read it
+    back once they see the lock held by their own job (not by another run that refused the main one).
     """
     check_run(args.output_dir, spec, overwrite=overwrite)
+    main = args.process_index == 0
     with args.main_process_first(local=False, desc="sedsft run folder"):
-        main = args.process_index == 0
-        return open_run(args.output_dir, spec, overwrite=overwrite and main, main_process=main)
+        if main:
+            return open_run(args.output_dir, spec, overwrite=overwrite, wait=wait)
+        check_held_by_this_job(args.output_dir)
+        return open_run(args.output_dir, spec, main_process=False)
+
+
+def _job() -> str | None:
+    """The distributed job of this process (its rendezvous address); None for a process on its own."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def check_held_by_this_job(output_dir: str | os.PathLike) -> None:
+    """On a rank other than the main one: a UserError unless the folder's lock is held by this job's main."""
+    out = Path(output_dir).expanduser()
+    try:
+        fd = os.open(out / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        raise UserError(f"{out} was not opened by this job's main process; see its error") from None
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "null")
+        if isinstance(info, dict) and info.get("job") is not None and info.get("job") == _job():
+            return
+        raise UserError(
+            f"{out} is in use by {_holder(fd)}; let it finish, pass --wait to wait for it, or choose another "
+            "--output_dir"
+        )
+    except ValueError as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{out} was not opened by this job's main process; see its error") from None
+    finally:
+        os.close(fd)
 
 
 def last_checkpoint(folder: str | os.PathLike) -> str | None:

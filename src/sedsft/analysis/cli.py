@@ -164,6 +164,7 @@ def run_weights(args: WeightsArgs, run_options: RunOptions) -> int:
         args.output_dir,
         RunSpec("analyze weights", settings=settings_of(args), inputs=inputs),
         overwrite=run_options.overwrite,
+        wait=run_options.wait,
     )
     beta = {"gem_beta": args.gem_beta} if args.gem_beta is not None else {}
     files = write_weights(args.output_dir, lams=args.lams, measured=measured, **beta)
@@ -287,7 +288,7 @@ def _open_run(tool: str, args, model_options: ModelOptions, run_options: RunOpti
         settings=settings_of(args, model_options),
         inputs={"model": model_options.model, "tokenizer": model_options.tokenizer, "data": args.data},
     )
-    open_run(args.output_dir, spec, overwrite=run_options.overwrite)
+    open_run(args.output_dir, spec, overwrite=run_options.overwrite, wait=run_options.wait)
 
 
 def main(argv: list[str]) -> int:

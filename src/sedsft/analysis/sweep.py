@@ -121,12 +121,14 @@ def run_sweep(
     title: str | None = None,
     pipeline: str | None = None,
     overwrite: bool = False,
+    wait: bool = False,
 ) -> SweepResult:
     """Run ``run_point(*point.args())`` for every point not already in ``output_dir/sweep_points.jsonl``;
     write the tables.
 
     ``output_dir`` is a run folder (:mod:`sedsft.runs`) of this ``pipeline`` (default: ``run_point``'s
-    module and name): points of another pipeline are never read back; ``overwrite`` starts over.
+    module and name): points of another pipeline are never read back; ``overwrite`` starts over; ``wait`` waits for another
+    process using the folder.
     """
     pts = _as_points(points)
     out = Path(output_dir)
@@ -134,7 +136,7 @@ def run_sweep(
         run_point if hasattr(run_point, "__qualname__") else type(run_point)
     )  # a function or a callable object
     name = pipeline or f"{owner.__module__}:{owner.__qualname__}"
-    open_run(out, RunSpec("sweep", settings={"pipeline": name}), overwrite=overwrite)
+    open_run(out, RunSpec("sweep", settings={"pipeline": name}), overwrite=overwrite, wait=wait)
     log = JsonlLog(out / POINTS_LOG)
     done = {rec["key"]: rec for rec in log.records() if "key" in rec}  # the last record of a key wins
     computed, reused = [], [p for p in pts if p.key in done]

@@ -179,6 +179,7 @@ def main(argv: list[str]) -> int:
         unit=args.unit,
         pipeline=f"{func.__module__}:{func.__qualname__}",
         overwrite=run_options.overwrite,
+        wait=run_options.wait,
     )
     print(result.table, end="")
     print(f"{len(result.computed)} points run, {len(result.reused)} read back from {result.files['log']}")

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=args.progress,
         rebuild_base=args.rebuild_base,
         overwrite=run.overwrite,
+        wait=run.wait,
         jobs=args.jobs or min(os.cpu_count() or 1, 8),
         threads=args.threads,
     )

@@ -207,6 +207,7 @@ def run_demo(
     progress: bool = True,
     rebuild_base: bool = False,
     overwrite: bool = False,
+    wait: bool = False,
     variants: list[Variant] | None = None,
     rl: bool = True,
     report: bool = True,
@@ -216,7 +217,8 @@ def run_demo(
     """Run (or resume) every stage of :func:`plan` for ``cfg`` and write ``report.md`` and ``results.json``.
 
     ``variants`` replaces ``cfg.variants()`` (the sweep runs one custom SED-SFT row this way); ``jobs``
-    and ``threads``: stages run at once and torch threads of each (:func:`run_stages`).
+    and ``threads``: stages run at once and torch threads of each (:func:`run_stages`); ``wait``: if
+    another process uses ``output_dir``, wait for it instead of refusing.
     """
     from sedsft.demo.base_model import build_base_model
     from sedsft.runs import RunSpec, open_run
@@ -229,7 +231,10 @@ def run_demo(
     wall, started = time.perf_counter(), time.time()
     base_dir = build_base_model(cfg.base, cache / "demo-base", rebuild=rebuild_base, progress=progress)
     run = open_run(
-        out, RunSpec("demo", settings=cfg.settings(), inputs={"base_model": base_dir}), overwrite=overwrite
+        out,
+        RunSpec("demo", settings=cfg.settings(), inputs={"base_model": base_dir}),
+        overwrite=overwrite,
+        wait=wait,
     )
     ctx = st.Context(cfg=cfg, out=out, base_dir=base_dir, progress=progress)
     stages = plan(cfg, rows, rl=rl)

@@ -143,7 +143,8 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     spec = run_spec(
         problems, sampling, system_prompt=args.system_prompt, batch_size=args.batch_size, run=caller
     )
-    run = open_run(out, spec, overwrite=run_options.overwrite)  # before the (slow) model load
+    # before the (slow) model load
+    run = open_run(out, spec, overwrite=run_options.overwrite, wait=run_options.wait)
     if run.finished and (out / "results.md").is_file():  # else its tables are rebuilt from samples.jsonl
         print(f"{out}: this run had finished; its results (--overwrite redoes it):\n")
         print((out / "results.md").read_text(encoding="utf-8"))
@@ -179,7 +180,7 @@ def _grade_responses(args, grading, run_options) -> int:
         spec = RunSpec(
             "eval --responses", settings=settings_of(grading), inputs={"responses": args.responses}
         )
-        run = open_run(args.output_dir, spec, overwrite=run_options.overwrite)
+        run = open_run(args.output_dir, spec, overwrite=run_options.overwrite, wait=run_options.wait)
     result = grade_responses(
         by_bench,
         workers=grading.grading_workers,

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
         settings={**settings_of(script), **training_settings(config, model_args)},
         inputs={"model": model, "data": script.dataset_path, "eval_data": script.eval_dataset_path},
     )
-    run = open_training_run(config, spec, overwrite=run_options.overwrite)
+    run = open_training_run(config, spec, overwrite=run_options.overwrite, wait=run_options.wait)
     if run.finished:
         if run.main_process:
             print(

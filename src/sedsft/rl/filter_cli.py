@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
         settings=settings_of(args, config, model, backend_options, grading),
         inputs={"model": model.model, "tokenizer": model.tokenizer, "data": data_path},
     )
-    run = open_run(out_dir, spec, overwrite=run_options.overwrite)
+    run = open_run(out_dir, spec, overwrite=run_options.overwrite, wait=run_options.wait)
     if run.finished and (out_dir / "summary.json").is_file():  # else rebuilt from solve_rates.jsonl
         _report(read_json(out_dir / "summary.json"), again=True)
         return 0

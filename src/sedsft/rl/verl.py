@@ -105,13 +105,14 @@ def export_verl(
     seed: int = 0,
     run: RunSpec | None = None,
     overwrite: bool = False,
+    wait: bool = False,
 ) -> VerlExport:
     """Write ``train.parquet``, ``validation.parquet`` and ``reward.py`` for verl into ``output_dir``.
 
     The validation split is ``val_prompts`` when given, else a ``val_fraction`` share of ``prompts``
     drawn with ``seed`` (and removed from training); with neither, no validation file is written.
     ``output_dir`` is a run folder (:mod:`sedsft.runs`): an export with other prompts or options is
-    refused there, unless ``overwrite``; ``run`` adds the caller's settings and input files.
+    refused there, unless ``overwrite`` (``wait``: wait for another process using it); ``run`` adds the caller's settings and input files.
     """
     check_number("val_fraction", val_fraction, low=0, high=1, open_high=True)
     if val_prompts is not None and val_fraction > 0:
@@ -126,7 +127,7 @@ def export_verl(
         if val_prompts is not None
         else None,
     }
-    open_run(out, (run or RunSpec("export-verl")).extended(settings=settings), overwrite=overwrite)
+    open_run(out, (run or RunSpec("export-verl")).extended(settings=settings), overwrite=overwrite, wait=wait)
     train, val = list(prompts), list(val_prompts or [])
     if val_fraction > 0:
         num_val = max(1, round(val_fraction * len(train)))

@@ -69,6 +69,7 @@ def main(argv: list[str]) -> int:
             inputs={"data": args.data, "val_data": args.val_data},
         ),
         overwrite=run_options.overwrite,
+        wait=run_options.wait,
     )
     val_text = f", {result.num_val} validation rows -> {result.val_path}" if result.val_path else ""
     print(

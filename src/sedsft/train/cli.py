@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
             "chat_template": args.chat_template_path,
         },
     )
-    run = open_training_run(args, spec, overwrite=run_options.overwrite)
+    run = open_training_run(args, spec, overwrite=run_options.overwrite, wait=run_options.wait)
     if run.finished:
         if run.main_process:
             print(
