@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -159,3 +160,81 @@ def test_last_checkpoint_skips_a_torn_one(tmp_path):
             (d / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+
+
+def _good_manifest(tmp_path, inputs) -> dict:
+    out = tmp_path / "made"
+    open_run(out, spec(*inputs))
+    return json.loads((out / MANIFEST).read_text())
+
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+# what a hand edit can leave, and what the refusal says is wrong (the manifest is checked as a whole)
+BROKEN = {
+    "not JSON": (lambda m: '{"format": "sedsft-run/1",\n  "command": ', r"not JSON: .* at line 2"),
+    "not UTF-8": (lambda m: b"\xff\xfe{}", r"not UTF-8 text"),
+    "an array": (lambda m: [m], r"it holds an array, not an object"),
+    "no state": (lambda m: _without(m, "state"), r"'state' is missing"),
+    "settings a list": (lambda m: {**m, "settings": [1, "a"]}, r"'settings' must be an object, not an array"),
+    "command a number": (lambda m: {**m, "command": 3}, r"'command' must be a string, not a number"),
+    "other format": (lambda m: _without(m, "format"), r"'format' is null, not \"sedsft-run/1\""),
+    "input a path": (
+        lambda m: {**m, "inputs": {"model": "/models/x"}},
+        r"input 'model' must be an object with 'path' and 'fingerprint' strings",
+    ),
+    "files not strings": (
+        lambda m: {**m, "inputs": {"m": {"path": "/m", "fingerprint": "x", "files": {"a": 1}}}},
+        r"input 'm': 'files' must map file names to fingerprint strings",
+    ),
+    "finished a string": (
+        lambda m: {**m, "state": {**m["state"], "finished": "yes"}},
+        r"'state.finished' must be true or false, not \"yes\"",
+    ),
+    "version a number": (
+        lambda m: {**m, "state": {**m["state"], "sedsft_version": 1}},
+        r"'state.sedsft_version' must be a string, not a number",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_manifest_is_refused_whole_and_nothing_is_lost(tmp_path, inputs, case):
+    make, problem = BROKEN[case]
+    content = make(_good_manifest(tmp_path, inputs))
+    raw = content if isinstance(content, (bytes, str)) else json.dumps(content, indent=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST).write_bytes(raw if isinstance(raw, bytes) else raw.encode())
+    (out / "samples.jsonl").write_text('{"done": 1}\n')
+    for overwrite in (False, True):
+        with pytest.raises(UserError) as e:
+            open_run(out, spec(*inputs), overwrite=overwrite)
+        message = str(e.value)
+        assert message.startswith(f"{out / MANIFEST} is not a valid sedsft run manifest (")
+        assert re.search(problem, message), message
+        assert "restore the file, or choose another --output_dir" in message and "\n" not in message
+    assert sorted(p.name for p in out.iterdir()) == ["samples.jsonl", MANIFEST]  # no lock file either
+    assert (out / MANIFEST).read_bytes() == (raw if isinstance(raw, bytes) else raw.encode())
+    assert (out / "samples.jsonl").read_text() == '{"done": 1}\n'
+
+
+def test_a_broken_manifest_through_the_command_is_one_line(tmp_path, capsys):
+    from sedsft.cli import main
+
+    responses = tmp_path / "r.jsonl"
+    responses.write_text('{"problem_id": 1, "response": "\\\\boxed{2}", "gold": "2"}\n')
+    out = tmp_path / "out"
+    argv = ["eval", "--responses", str(responses), "--output_dir", str(out), "--grading_workers", "0"]
+    assert main(argv) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "settings": [1, "a"]}))  # was a TypeError
+    graded = (out / "graded.jsonl").read_text()
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sedsft eval: error: ") and "'settings' must be" in err[0]
+    assert (out / "graded.jsonl").read_text() == graded

@@ -272,24 +272,25 @@ def check_run(output_dir: str | os.PathLike, spec: RunSpec, *, overwrite: bool =
     _judge(out, build_manifest(out, spec), overwrite)
 
 
-_JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "true/false", type(None): "null"}
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
 
 
 def _kind(value: Any) -> str:
-    return _JSON_KINDS.get(type(value), "number")
+    """What JSON value ``value`` is, with its article: ``an array``, ``a number``, ``null``."""
+    return _JSON_KINDS.get(type(value), "a number")
 
 
 def _manifest_problem(old: Any) -> str | None:
     """What is wrong with a manifest read from disk, checked as a whole (None: nothing)."""
     if not isinstance(old, dict):
-        return f"it holds a JSON {_kind(old)}, not an object"
+        return f"it holds {_kind(old)}, not an object"
     if old.get("format") != FORMAT:
         return f"'format' is {_short(old.get('format'))}, not {json.dumps(FORMAT)}"
     for key, kind in (("command", str), ("settings", dict), ("inputs", dict), ("state", dict)):
         if key not in old:
             return f"{key!r} is missing"
         if not isinstance(old[key], kind):
-            return f"{key!r} must be a JSON {_JSON_KINDS[kind]}, not a {_kind(old[key])}"
+            return f"{key!r} must be {_JSON_KINDS[kind]}, not {_kind(old[key])}"
     for name, entry in old["inputs"].items():
         if not (
             isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("path", "fingerprint"))
@@ -303,7 +304,7 @@ def _manifest_problem(old: Any) -> str | None:
         return f"'state.finished' must be true or false, not {_short(state.get('finished', '(missing)'))}"
     for key in ("sedsft_version", "created_utc", "finished_utc"):
         if key in state and not isinstance(state[key], str):
-            return f"'state.{key}' must be a string, not a {_kind(state[key])}"
+            return f"'state.{key}' must be a string, not {_kind(state[key])}"
     return None
 
 
