@@ -50,6 +50,7 @@ from typing import Any
 
 from trl import ModelConfig, TrlParser
 
+from sedsft.cores import cap_workers
 from sedsft.errors import UserError, check_choice, check_count, check_number
 from sedsft.models import DTYPES, check_device
 
@@ -428,6 +429,7 @@ class GradingOptions:
 
     def __post_init__(self):
         check_count("grading_workers", self.grading_workers, minimum=0)
+        self.grading_workers = cap_workers("--grading_workers", self.grading_workers)  # at most the cores
         check_number("grading_timeout", self.grading_timeout, low=0, open_low=True)
 
 

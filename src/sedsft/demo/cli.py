@@ -19,6 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+from sedsft.cores import cap_workers, usable_cores
 from sedsft.errors import UserError, check_count
 
 
@@ -66,7 +67,8 @@ class DemoArgs:
     jobs: int | None = field(
         default=None,
         metadata={
-            "help": "stages run at once, one process each (default: the CPU cores, at most 8)",
+            "help": "stages run at once, one process each (default: the CPU cores, at most 8; more than the "
+            "cores are capped)",
             "manifest": False,
         },
     )
@@ -84,6 +86,8 @@ class DemoArgs:
         for name in ("seeds", "jobs"):  # unset: the preset's seeds, one job per core
             if getattr(self, name) is not None:
                 check_count(name, getattr(self, name))
+        if self.jobs is not None:
+            self.jobs = cap_workers("--jobs", self.jobs)
         check_count("threads", self.threads)
         if self.objectives is not None and not _names(self.objectives):
             raise UserError("--objectives is empty; give e.g. --objectives ce,sed")
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         rebuild_base=args.rebuild_base,
         overwrite=run.overwrite,
         wait=run.wait,
-        jobs=args.jobs or min(os.cpu_count() or 1, 8),
+        jobs=args.jobs or min(usable_cores(), 8),
         threads=args.threads,
     )
     print()

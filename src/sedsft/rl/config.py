@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from sedsft.cli_parse import SYSTEM_PROMPT_HELP, system_prompt_value
+from sedsft.cores import cap_workers
 from sedsft.errors import UserError, check_count, check_finite_fields, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.train.config import default_bf16_to_hardware
@@ -204,4 +205,5 @@ class GRPOScriptArguments:
         self.system_prompt = system_prompt_value(self.system_prompt)
         check_count("max_prompts", self.max_prompts, allow_none=True)
         check_count("reward_workers", self.reward_workers, minimum=0)
+        self.reward_workers = cap_workers("--reward_workers", self.reward_workers)  # at most the cores
         check_number("reward_timeout_s", self.reward_timeout_s, low=0, open_low=True)
