@@ -161,3 +161,42 @@ def test_a_two_argument_pipeline_is_refused_for_a_lambda_grid(tmp_path, monkeypa
         )
         == 0
     )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_pipeline_returning_nan_is_refused_naming_the_point(tmp_path, bad):
+    def pipeline(r, k):
+        return {"acc": bad if r == 0.7 else r, "avg": r}
+
+    with pytest.raises(
+        UserError, match=rf"metric 'acc' of r=0.7,k=2 is {bad}; the pipeline must return finite"
+    ):
+        run_sweep(grid([0.5, 0.7, 0.9], [2]), pipeline, output_dir=tmp_path)
+    logged = [json.loads(line) for line in (tmp_path / POINTS_LOG).read_text().splitlines()]
+    assert [rec["key"] for rec in logged] == ["r=0.5,k=2"]  # the point before it stays, nothing else
+    table = (tmp_path / "sweep_table.md").read_text()
+    assert "nan" not in table.lower() and "inf" not in table.lower() and "| 0.5 | 2 |" in table
+
+
+def test_a_logged_nan_point_is_rerun(tmp_path):
+    run_sweep([(0.5, 2)], Stub(), output_dir=tmp_path)
+    with open(tmp_path / POINTS_LOG, "a") as f:  # what an older sedsft logged for a NaN result
+        f.write('{"key": "r=0.7,k=2", "mask_ratio": 0.7, "top_k": 2, "lam": null, "metrics": {"avg": NaN}}\n')
+    stub = Stub()
+    res = run_sweep([(0.5, 2), (0.7, 2)], stub, output_dir=tmp_path)
+    assert stub.calls == [(0.7, 2)] and res.rows[1]["metrics"]["avg"] == 5 * 0.7 + 25
+
+
+def test_sweep_command_with_a_nan_pipeline_is_one_line(tmp_path, monkeypatch, capsys):
+    from sedsft.cli import main
+
+    (tmp_path / "nan_pipeline.py").write_text("def run(r, k):\n    return {'avg': float('nan')}\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "--pipeline", "nan_pipeline:run", "--grid", "r=0.5", "k=2,3", "--output_dir", "out"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "sedsft sweep: error: metric 'avg' of r=0.5,k=2 is nan; the pipeline must return finite numbers "
+        "(this point was not recorded; fix the pipeline and rerun to resume)"
+    ]
+    assert not (tmp_path / "out" / POINTS_LOG).exists() or not (tmp_path / "out" / POINTS_LOG).read_text()

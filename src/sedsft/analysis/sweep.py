@@ -7,7 +7,8 @@ finished points are read back instead of recomputed (a point is keyed by (r, k) 
 r and lambda rounded to 6 decimals). Then it writes a Table 3-style Markdown table (one row per point,
 one column per metric), an r x k grid of one summary metric per lambda as Markdown, CSV and a heatmap
 PNG, and a JSON summary. Outputs are rewritten after every point, so an interrupted sweep still leaves
-its tables.
+its tables. A pipeline that returns NaN or infinity for a metric is refused, naming the point; the
+points before it stay recorded.
 
 The summary metric is ``metric`` when given, else ``"avg"`` when every point reports one, else the
 mean of each point's metrics (named ``"mean of metrics"``).
@@ -107,8 +108,22 @@ def _clean_metrics(metrics, point: SweepPoint) -> dict[str, float]:
     for name, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
             raise UserError(f"metric {name!r} of {point.key} is {value!r}; metrics must be numbers")
-        out[str(name)] = float(value)
+        number = float(value)
+        if not math.isfinite(number):  # a NaN cell would read as a result; it is the pipeline failing
+            raise UserError(
+                f"metric {name!r} of {point.key} is {number}; the pipeline must return finite numbers "
+                "(this point was not recorded; fix the pipeline and rerun to resume)"
+            )
+        out[str(name)] = number
     return out
+
+
+def _finite(record: dict) -> bool:
+    """A logged point whose metrics are all finite numbers (an older sedsft logged NaN: rerun those)."""
+    metrics = record.get("metrics")
+    return isinstance(metrics, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()
+    )
 
 
 def run_sweep(
@@ -138,7 +153,7 @@ def run_sweep(
     name = pipeline or f"{owner.__module__}:{owner.__qualname__}"
     open_run(out, RunSpec("sweep", settings={"pipeline": name}), overwrite=overwrite, wait=wait)
     log = JsonlLog(out / POINTS_LOG)
-    done = {rec["key"]: rec for rec in log.records() if "key" in rec}  # the last record of a key wins
+    done = {rec["key"]: rec for rec in log.records() if "key" in rec and _finite(rec)}  # the last one wins
     computed, reused = [], [p for p in pts if p.key in done]
 
     def write() -> SweepResult:
