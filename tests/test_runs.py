@@ -6,6 +6,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +239,37 @@ def test_a_broken_manifest_through_the_command_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sedsft eval: error: ") and "'settings' must be" in err[0]
     assert (out / "graded.jsonl").read_text() == graded
+
+
+def _hidden_folder(root) -> Path:
+    folder = root / "repo"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / ".env").write_text("TOKEN=secret\n")
+    return folder
+
+
+def test_every_command_refuses_a_folder_of_hidden_files(tmp_path, capsys, monkeypatch):
+    from sedsft.cli import main
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": "4"}\n')
+    responses = tmp_path / "r.jsonl"
+    responses.write_text('{"response": "\\\\boxed{2}", "gold": "2"}\n')
+    (tmp_path / "pipe.py").write_text("def run(r, k):\n    return {'avg': r}\n")
+    monkeypatch.chdir(tmp_path)
+    out = _hidden_folder(tmp_path)
+    commands = [
+        ["export-verl", "--data", str(data)],
+        ["eval", "--responses", str(responses), "--grading_workers", "0"],
+        ["sweep", "--pipeline", "pipe:run", "--grid", "r=0.5", "k=2"],
+        ["analyze", "weights", "--lams", "1"],
+    ]
+    for argv in commands:
+        for extra in ([], ["--overwrite"]):
+            assert main([*argv, "--output_dir", str(out), *extra]) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"{out} is not empty (.env, .git, ...) and holds no sedsft run" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [".env", ".git"]
+    assert [p.name for p in (out / ".git").iterdir()] == ["HEAD"]
+    assert (out / ".env").read_text() == "TOKEN=secret\n"
