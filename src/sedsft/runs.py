@@ -246,7 +246,9 @@ def _contents(folder: Path) -> list[Path]:
 
 
 def _clear(folder: Path) -> None:
-    for p in _contents(folder):  # the lock stays: this process holds it
+    for p in folder.iterdir():
+        if p.name == LOCK:  # this process holds it
+            continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
