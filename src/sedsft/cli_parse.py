@@ -31,7 +31,8 @@ A new option is a new field; nothing else changes. What the parser does, the sam
 Shared options have one spelling everywhere, from the groups below: ``--model`` (sft/grpo also take
 TRL's ``--model_name_or_path``), ``--dtype``, ``--device`` (refused when this machine lacks it, e.g.
 ``cuda:7`` on a CPU build), ``--trust_remote_code``, ``--grading_workers``/``--grading_timeout``,
-``--overwrite``/``--wait`` (see :mod:`sedsft.runs`), and ``--system_prompt none`` (or YAML ``null``) for no system turn.
+``--overwrite``/``--wait`` (see :mod:`sedsft.runs`), and ``--system_prompt none`` (or YAML ``null``)
+for no system turn.
 Field metadata ``"manifest": False`` marks options that do not change results (kept out of the run manifest).
 """
 

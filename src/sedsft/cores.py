@@ -25,8 +25,6 @@ def cap_workers(flag: str, value: int) -> int:
     cores = usable_cores()
     if value <= cores:
         return value
-    print(
-        f"sedsft: note: {flag} {value} is more than the {cores} CPU cores this process may use; using {cores}",
-        file=sys.stderr,
-    )
+    note = f"{flag} {value} is more than the {cores} CPU cores this process may use; using {cores}"
+    print(f"sedsft: note: {note}", file=sys.stderr)
     return cores

@@ -350,8 +350,8 @@ def _judge(out: Path, new: dict, overwrite: bool) -> dict | None:
             names = ", ".join(sorted(p.name for p in entries)[:3])
             raise UserError(
                 f"{out} is not empty ({names}, ...) and holds no sedsft run "
-                f"({MANIFEST}): it was made by another program or an older sedsft; choose another --output_dir "
-                "or empty it yourself (sedsft never deletes it, --overwrite included)"
+                f"({MANIFEST}): it was made by another program or an older sedsft; choose another "
+                "--output_dir or empty it yourself (sedsft never deletes it, --overwrite included)"
             )
         return None
     diffs = _differences(old, new)

@@ -142,8 +142,8 @@ def run_sweep(
     write the tables.
 
     ``output_dir`` is a run folder (:mod:`sedsft.runs`) of this ``pipeline`` (default: ``run_point``'s
-    module and name): points of another pipeline are never read back; ``overwrite`` starts over; ``wait`` waits for another
-    process using the folder.
+    module and name): points of another pipeline are never read back; ``overwrite`` starts over;
+    ``wait`` waits for another process using the folder.
     """
     pts = _as_points(points)
     out = Path(output_dir)
