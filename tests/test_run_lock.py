@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from sedsft.errors import UserError
-from sedsft.runs import LOCK, MANIFEST, RunSpec, check_held_by_this_job, open_run, release_all
+from sedsft.run_lock import LOCK, check_held_by_this_job, release_all
+from sedsft.runs import MANIFEST, RunSpec, open_run
 
 from .real_cli import SRC, one_error_line, run_sedsft
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sedsft.errors import UserError
-from sedsft.runs import LOCK, MANIFEST, RunSpec, fingerprint, open_run, release_all, settings_of
+from sedsft.run_lock import LOCK, release_all
+from sedsft.runs import MANIFEST, RunSpec, fingerprint, open_run, settings_of
 
 
 @pytest.fixture(autouse=True)

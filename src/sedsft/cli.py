@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- Python flushes stdout at exit
         return 0
-    finally:  # the command's run folders are free again (sedsft.runs), also when main() is called in-process
-        if "sedsft.runs" in sys.modules:
-            sys.modules["sedsft.runs"].release_all()
+    finally:  # the command's run folders are free again, also when main() is called in-process
+        if "sedsft.run_lock" in sys.modules:
+            sys.modules["sedsft.run_lock"].release_all()
 
 
 def _quiet_interrupts() -> None:

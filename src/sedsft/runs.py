@@ -25,15 +25,13 @@ each input file or folder by path and fingerprint. The rule:
 
 So a folder only ever holds the files of one run.
 
-One process at a time. A run holds an advisory lock (``fcntl.flock``) on ``.sedsft_run.lock`` in its
-folder from :func:`open_run` until the command ends (:func:`release_all`), the process exits, or
-every :class:`Run` it opened there is closed. The file records the holder's pid, host and command,
-and is removed when the lock is let go. Another process opening the folder is refused in one line
-naming that pid, or with ``wait=True`` (``--wait``) waits for it and then judges the folder afresh.
-The kernel drops a lock when its holder dies, so a killed run's lock is taken over (its lock file is
-all it leaves). The order: the folder is judged before anything is written to it (a foreign folder
-never gets a lock file), then locked, then judged again under the lock. The lock file, and a torn
-temporary file of the manifest, are sedsft's own: they never make a folder look foreign, and
+One process at a time (:mod:`sedsft.run_lock`): a run holds a lock on its folder from :func:`open_run`
+until the command ends, the process exits, or every :class:`Run` it opened there is closed. Another
+process opening the folder is refused in one line naming the holder's pid, or with ``wait=True``
+(``--wait``) waits for it and then judges the folder afresh; a killed run's lock is taken over. The
+order: the folder is judged before anything is written to it (a foreign folder never gets a lock
+file), then locked, then judged again under the lock. The lock file ``.sedsft_run.lock`` and a torn
+temporary file of the manifest are sedsft's own: they never make a folder look foreign, and
 ``--overwrite`` keeps the lock. Only the main process of a distributed job locks; the other ranks
 check that their own job holds it.
 
@@ -46,17 +44,11 @@ identity; re-saving a weight file (new modification time) changes it.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import platform
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,10 +57,10 @@ from typing import Any
 
 from sedsft.errors import UserError
 from sedsft.io import atomic_write_json
+from sedsft.run_lock import LOCK, check_held_by_this_job, lock, unlock
 
 MANIFEST = "sedsft_run.json"
 FORMAT = "sedsft-run/1"
-LOCK = ".sedsft_run.lock"  # the run folder's lock file (module doc)
 SMALL_FILE = 64 * 2**20  # bytes; larger files are fingerprinted by size and modification time
 _LISTED_FILES = 64  # an input folder with at most this many files keeps its per-file fingerprints
 
@@ -116,7 +108,7 @@ class Run:
     def close(self) -> None:
         """Let go of the folder's lock (once every Run this process opened there is closed)."""
         if self._lock is not None:
-            _unlock(self._lock)
+            unlock(self._lock)
             self._lock = None
 
     def __enter__(self) -> Run:
@@ -363,125 +355,6 @@ def _judge(out: Path, new: dict, overwrite: bool) -> dict | None:
     return old
 
 
-# ---- one process per folder ------------------------------------------------------------------------
-
-
-@dataclass
-class _Held:
-    fd: int  # the open lock file; closing it lets go of the lock
-    users: int  # Runs of this process that use the folder
-
-
-_HELD: dict[Path, _Held] = {}  # folder (resolved) -> the lock this process holds there
-
-
-def _forget_inherited_locks() -> None:
-    """In a forked child: close the parent's lock files, so that they die with the parent (the parent
-    keeps its locks; a child with a copy would keep the folder locked after its parent was killed)."""
-    for held in _HELD.values():
-        with contextlib.suppress(OSError):
-            os.close(held.fd)
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_forget_inherited_locks)
-
-
-def _command_line() -> str:
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    return shlex.join([name, *sys.argv[1:]])[:300]
-
-
-def _holder(fd: int) -> str:
-    """Who holds the lock, from what the lock file says (a holder writes it once it has the lock)."""
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
-    except (ValueError, OSError):
-        info = None
-    if not isinstance(info, dict) or not info.get("pid"):
-        return "another process"
-    where = f" on {info['host']}" if info.get("host") not in (None, platform.node()) else ""
-    command = str(info.get("command") or "")
-    command = f", `{command if len(command) <= 60 else command[:57] + '...'}`" if command else ""
-    since = f", since {info['since_utc']}" if info.get("since_utc") else ""
-    return f"another process (pid {info['pid']}{where}{command}{since})"
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _lock(out: Path, *, wait: bool) -> Path:
-    """Lock the run folder ``out`` for this process (module doc); the key that :func:`_unlock` takes."""
-    key = out.resolve()
-    held = _HELD.get(key)
-    if held is not None:  # this process runs here already (a command, then the library function it calls)
-        held.users += 1
-        return key
-    path = key / LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                if not wait:
-                    raise UserError(
-                        f"{out} is in use by {holder}; let it finish, pass --wait to wait for it, or choose "
-                        "another --output_dir"
-                    ) from None
-                print(
-                    f"sedsft: {out} is in use by {holder}; waiting for it (--wait)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as e:  # a file system without locks (some network mounts)
-                raise UserError(
-                    f"cannot lock {path} ({e.strerror}); choose an --output_dir on a local disk"
-                ) from None
-            if _same_file(fd, path):
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # the lock file was removed or replaced while we waited: lock the one there now
-    info = {"pid": os.getpid(), "host": platform.node(), "command": _command_line(), "since_utc": _now()}
-    info["job"] = _job()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
-    _HELD[key] = _Held(fd, 1)
-    return key
-
-
-def _unlock(key: Path, *, every_user: bool = False) -> None:
-    held = _HELD.get(key)
-    if held is None:
-        return
-    held.users = 0 if every_user else held.users - 1
-    if held.users > 0:
-        return
-    del _HELD[key]
-    if _same_file(held.fd, key / LOCK):  # still ours: removed while held, so no lock file is left behind
-        with contextlib.suppress(OSError):
-            os.unlink(key / LOCK)
-    os.close(held.fd)  # a process waiting on the removed file sees it gone and locks the new one
-
-
-def release_all() -> None:
-    """Let go of every run folder this process holds (the end of a command; also run at exit)."""
-    for key in list(_HELD):
-        _unlock(key, every_user=True)
-
-
-atexit.register(release_all)
-
-
 def _cannot_write(out: Path, e: OSError) -> UserError:
     if isinstance(e, (FileExistsError, NotADirectoryError)):
         parent = next((p for p in out.parents if p.exists() and not p.is_dir()), out.parent)
@@ -513,7 +386,7 @@ def open_run(
     _judge(out, new, overwrite)  # before anything is written there, the lock file included
     try:
         out.mkdir(parents=True, exist_ok=True)
-        key = _lock(out, wait=wait)
+        key = lock(out, wait=wait)
     except OSError as e:
         raise _cannot_write(out, e) from None
     try:
@@ -527,10 +400,10 @@ def open_run(
         new["state"] = {"sedsft_version": __version__, "created_utc": _now(), "finished": False}
         atomic_write_json(out / MANIFEST, new)
     except OSError as e:
-        _unlock(key)
+        unlock(key)
         raise _cannot_write(out, e) from None
     except BaseException:
-        _unlock(key)
+        unlock(key)
         raise
     return Run(out, new, resumed=False, _lock=key)
 
@@ -552,36 +425,6 @@ def open_training_run(args, spec: RunSpec, *, overwrite: bool = False, wait: boo
             return open_run(args.output_dir, spec, overwrite=overwrite, wait=wait)
         check_held_by_this_job(args.output_dir)
         return open_run(args.output_dir, spec, main_process=False)
-
-
-def _job() -> str | None:
-    """The distributed job of this process (its rendezvous address); None for a process on its own."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    return f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
-
-
-def check_held_by_this_job(output_dir: str | os.PathLike) -> None:
-    """On a rank other than the main one: a UserError unless the folder's lock is held by this job's main."""
-    out = Path(output_dir).expanduser()
-    try:
-        fd = os.open(out / LOCK, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        raise UserError(f"{out} was not opened by this job's main process; see its error") from None
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "null")
-        if isinstance(info, dict) and info.get("job") is not None and info.get("job") == _job():
-            return
-        raise UserError(
-            f"{out} is in use by {_holder(fd)}; let it finish, pass --wait to wait for it, or choose another "
-            "--output_dir"
-        )
-    except ValueError as e:
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"{out} was not opened by this job's main process; see its error") from None
-    finally:
-        os.close(fd)
 
 
 def last_checkpoint(folder: str | os.PathLike) -> str | None:

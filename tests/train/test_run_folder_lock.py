@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from sedsft.runs import LOCK, _lock, _unlock
+from sedsft.run_lock import LOCK, lock, unlock
 
 from .tiny import ROOT
 
@@ -24,7 +24,7 @@ def test_a_two_process_sft_waits_for_its_folder_then_trains(tmp_path, tiny_ckpt,
         "bf16: false\nmax_length: 128\ndisable_tqdm: true\n"
     )
     out.mkdir()
-    key = _lock(out, wait=False)  # another sedsft process, as far as the job can tell
+    key = lock(out, wait=False)  # another sedsft process, as far as the job can tell
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -42,10 +42,10 @@ def test_a_two_process_sft_waits_for_its_folder_then_trains(tmp_path, tiny_ckpt,
             assert job.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
             time.sleep(0.05)
         assert f"is in use by another process (pid {os.getpid()}" in log.read_text()
-        _unlock(key)  # the other process ends: the job takes the folder
+        unlock(key)  # the other process ends: the job takes the folder
         assert job.wait(300) == 0, log.read_text()[-3000:]
     finally:
-        _unlock(key)
+        unlock(key)
         if job.poll() is None:
             job.kill()
     assert (out / "model.safetensors").is_file() and not (out / LOCK).exists()
