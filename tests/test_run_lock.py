@@ -143,6 +143,45 @@ def test_the_other_ranks_check_that_their_own_job_holds_the_folder(tmp_path, mon
         check_held_by_this_job(out)
 
 
+# A child that locks an empty folder, and writes its manifest only once told to (a run just starting).
+LOCK_FIRST = """
+import sys
+from pathlib import Path
+from sedsft.run_lock import lock
+from sedsft.runs import RunSpec, open_run
+Path(sys.argv[1]).mkdir()
+lock(Path(sys.argv[1]))
+print("locked", flush=True)
+sys.stdin.readline()
+open_run(sys.argv[1], RunSpec("eval", settings={"temperature": 0.7}))
+"""
+
+
+def test_a_waiter_judges_the_folder_again_and_never_mixes_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_FIRST, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    _wait_locked(holder)
+    assert [p.name for p in out.iterdir()] == [LOCK]  # empty for the rule: the first judgement lets us in
+
+    def start_the_holders_run():
+        holder.stdin.write("go\n")
+        holder.stdin.close()
+
+    threading.Timer(0.5, start_the_holders_run).start()
+    with pytest.raises(UserError, match=r"holds another run \(temperature 0.7 -> 1.0\)"):
+        open_run(out, RunSpec("eval", settings={"temperature": 1.0}), wait=True)
+    assert holder.wait(30) == 0
+    assert "waiting for it (--wait)" in capsys.readouterr().err
+    assert json.loads((out / MANIFEST).read_text())["settings"] == {"temperature": 0.7}
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST]  # and our lock file went with the refusal
+
+
 # ---- two real `sedsft eval` processes on one folder ------------------------------------------------------
 
 DATA_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks").resolve()
