@@ -1,4 +1,4 @@
-"""One process per run folder (sedsft.runs): a second is refused naming the holder's pid, or waits with
+"""One process per run folder (sedsft.runs, sedsft.run_lock): a second is refused naming the holder's pid, or waits with
 --wait; a killed holder's lock is taken over; sedsft's lock file never makes a folder look foreign."""
 
 from __future__ import annotations
@@ -43,15 +43,11 @@ def _env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC, **extra}
 
 
-def _holder(out: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(out), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env or _env(),
+def _holder(out: Path, *args: str, env: dict | None = None, script: str = HOLDER) -> subprocess.Popen:
+    command = [sys.executable, "-c", script, str(out), *args]
+    return subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env or _env()
     )
-    return proc
 
 
 def _wait_locked(proc: subprocess.Popen) -> None:
@@ -89,7 +85,7 @@ def test_wait_waits_for_the_holder_then_judges_afresh(tmp_path, capsys):
     out = tmp_path / "out"
     holder = _holder(out)
     _wait_locked(holder)
-    threading.Timer(0.5, holder.stdin.close).start()  # the holder finishes a moment later
+    threading.Timer(1.0, holder.stdin.close).start()  # the holder finishes a moment later
     run = open_run(out, SPEC, wait=True)
     assert holder.wait(30) == 0
     assert run.resumed
@@ -159,13 +155,7 @@ open_run(sys.argv[1], RunSpec("eval", settings={"temperature": 0.7}))
 
 def test_a_waiter_judges_the_folder_again_and_never_mixes_runs(tmp_path, capsys):
     out = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_FIRST, str(out)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    holder = _holder(out, script=LOCK_FIRST)
     _wait_locked(holder)
     assert [p.name for p in out.iterdir()] == [LOCK]  # empty for the rule: the first judgement lets us in
 
@@ -173,7 +163,7 @@ def test_a_waiter_judges_the_folder_again_and_never_mixes_runs(tmp_path, capsys)
         holder.stdin.write("go\n")
         holder.stdin.close()
 
-    threading.Timer(0.5, start_the_holders_run).start()
+    threading.Timer(1.0, start_the_holders_run).start()
     with pytest.raises(UserError, match=r"holds another run \(temperature 0.7 -> 1.0\)"):
         open_run(out, RunSpec("eval", settings={"temperature": 1.0}), wait=True)
     assert holder.wait(30) == 0
