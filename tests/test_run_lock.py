@@ -1,5 +1,6 @@
-"""One process per run folder (sedsft.runs, sedsft.run_lock): a second is refused naming the holder's pid, or waits with
---wait; a killed holder's lock is taken over; sedsft's lock file never makes a folder look foreign."""
+"""One process per run folder (sedsft.runs, sedsft.run_lock): a second is refused naming the holder's
+pid, or waits with --wait; a killed holder's lock is taken over; sedsft's lock file never makes a
+folder look foreign."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 :mod:`sedsft.runs` (the run-folder rule) takes it in ``open_run``; this module is the mechanism:
 
-    key = lock(folder, wait=False)   # refused (UserError naming the holder's pid) if another process holds it
-    ...                              # the run
-    unlock(key)                      # or release_all() at the end of a command; the kernel at a process's death
+    key = lock(folder, wait=False)  # another process holds it: a UserError naming the holder's pid
+    ...                             # the run
+    unlock(key)                     # or release_all() when a command ends; the kernel when a process dies
 
 - ``fcntl.flock`` on the lock file: the kernel drops it when its holder dies, so the lock of a killed
   run is simply taken over; the file itself, left behind by a kill, is ignored by the rule.

@@ -228,7 +228,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def _is_own(name: str) -> bool:
-    """sedsft's bookkeeping in a run folder, which never makes a folder look used: the lock, a torn manifest write."""
+    """sedsft's bookkeeping, which never makes a folder look used: its lock, a torn write of its manifest."""
     return name == LOCK or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp"))
 
 
