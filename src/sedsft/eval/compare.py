@@ -30,6 +30,7 @@ from sedsft.eval.normalize import (
     close,
     key,
     normalize_answer,
+    number_and_unit,
     numbers_equal,
     plain_number,
 )
@@ -103,6 +104,30 @@ def _names_in(side: str, target: str) -> bool:
     name = _COMMAND_RE.sub("", re.sub(r"\([^()]*\)", "", target))
     letters = set(_LETTER_RE.findall(name))
     return bool(letters & set(_LETTER_RE.findall(_COMMAND_RE.sub("", side))))
+
+
+_FUNCTION_NAME_RE = re.compile(r"([A-Za-z])\s*\(\s*([A-Za-z](?:\s*,\s*[A-Za-z])*)\s*\)")
+
+
+def _same_role(pl: str, pr: str, gl: str, gr: str) -> bool:
+    """Whether two assignments name the same thing differently: a function of the right side's
+    variables (``f(x) = 2x + 3``) and a plain name for its value (``y = 2x + 3``), or two functions of
+    the same arguments. Never two plain names (``x = 2t`` and ``y = 2t`` are two coordinates)."""
+    calls = [_FUNCTION_NAME_RE.fullmatch(x.strip()) for x in (pl, gl)]
+    if not any(calls):
+        return False
+    args = {frozenset(_LETTER_RE.findall(c.group(2))) for c in calls if c}
+    if len(args) != 1:
+        return False
+    (arg_set,) = args
+    names = {c.group(1) if c else x.strip() for c, x in zip(calls, (pl, gl))}
+    if not all(len(n) == 1 and n not in arg_set for n in names):
+        return False  # a plain name that is no single letter (x_1, y'), or one of the arguments
+    for side in (pr, gr):
+        letters = set(_LETTER_RE.findall(_COMMAND_RE.sub("", side)))
+        if not letters or not letters <= arg_set:
+            return False  # a constant, or other unknowns on the right
+    return True
 
 
 def _is_constant(s: str) -> bool:
@@ -200,7 +225,52 @@ def _math_verify(gold: str, pred: str) -> bool:
         gu, pu = _unknowns(g[0]), _unknowns(p[0])
         if gu is not None and pu is not None and gu != pu:
             return False
+        if "i" in gold or "i" in pred:
+            same = _complex_equal(g[0], p[0])
+            if same is not None:
+                return same
+        gs, ps = _relation_as_set(g[0], p[0]), _relation_as_set(p[0], g[0])
+        if gs is not None or ps is not None:  # "-2 \le x \le 7" against "[-2, 7]"
+            g, p = ([gs] if gs is not None else g), ([ps] if ps is not None else p)
         return bool(verify(g, p, timeout_seconds=None))
+
+
+def _complex_equal(a, b) -> bool | None:
+    """Two complex numbers written with ``i`` (``i(2-i)`` and ``1+2i``): their difference, with ``i``
+    as the imaginary unit, is zero (to 1e-6 relative where a decimal is written); None unless both
+    sides are constants in ``i`` alone."""
+    from sympy import Expr, Float, I, nsimplify, simplify
+
+    if not (isinstance(a, Expr) and isinstance(b, Expr)):
+        return None
+    unknowns = (
+        a.free_symbols | b.free_symbols
+    )  # the parser's i: symbols, not always with one set of assumptions
+    if not unknowns or {x.name for x in unknowns} != {"i"}:
+        return None
+    a, b = a.subs({x: I for x in unknowns}), b.subs({x: I for x in unknowns})
+    if a.has(Float) or b.has(Float):
+        av, bv = complex(a.evalf()), complex(b.evalf())
+        return abs(av - bv) <= max(1e-9, 1e-6 * max(abs(av), abs(bv)))
+    return simplify(nsimplify(a - b)) == 0
+
+
+def _relation_as_set(expr, other):
+    """The set of values ``expr`` allows (an inequality, a chain, inequalities joined by "or", in one
+    unknown) when ``other`` is a set (an interval, a union); else None."""
+    from sympy import And, FiniteSet, Or, Set
+    from sympy.core.relational import Relational
+
+    if not isinstance(other, Set) or isinstance(other, FiniteSet):  # an interval or a union, not {1, 2}
+        return None
+    if isinstance(expr, FiniteSet) and expr and all(isinstance(x, Relational) for x in expr):
+        expr = Or(*expr)  # "x < -2 or x > 7" is parsed as the set of its two relations
+    if not isinstance(expr, (Relational, And, Or)) or len(expr.free_symbols) != 1:
+        return None
+    try:
+        return expr.as_set()
+    except (NotImplementedError, TypeError, ValueError):  # SymPy cannot solve it: no set
+        return None
 
 
 def _unknowns(expr) -> frozenset | None:
@@ -245,6 +315,8 @@ def _match(p: str, g: str, percent: bool) -> bool:
         if _is_target(pl) and _is_target(gl):  # two assignments
             if key(pl) == key(gl) and not (_names_in(pr, pl) or _names_in(gr, gl)):
                 return _match(pr, gr, percent)  # y = f vs y = g: f = g (also where f is a vector)
+            if _same_role(pl, pr, gl, gr):
+                return _match(pr, gr, percent)  # y = 2x + 3 vs f(x) = 2x + 3
             if _is_constant(pr) and _is_constant(gr):
                 return False  # x = 5 vs y = 5 differ
         return _math_verify(g, p)
@@ -260,6 +332,10 @@ def _match(p: str, g: str, percent: bool) -> bool:
     pi, gi = list_items(p), list_items(g)
     if 1 < len(gi) <= MAX_LIST_ITEMS and len(pi) == len(gi):
         return _same_items(pi, gi, percent)
+    if len(pi) != len(gi) and max(len(pi), len(gi)) <= MAX_LIST_ITEMS:
+        longer, shorter = (pi, gi) if len(pi) > len(gi) else (gi, pi)
+        if len({key(x) for x in longer}) == len(shorter):
+            return False  # "1, 1, 2" is not "1, 2": a value listed twice is two answers
     if (pn is not None and WORDS_RE.fullmatch(g)) or (gn is not None and WORDS_RE.fullmatch(p)):
         return False  # a number is never a word
     return _math_verify(g, p)
@@ -269,6 +345,10 @@ def answers_match(pred: str, gold: str) -> bool:
     """Whether the extracted answer ``pred`` equals ``gold`` (both answer strings, not responses)."""
     both = pred + gold
     percent = "%" in both or ("p" in both and ("percent" in both or "pct" in both))
+    pu, gu = number_and_unit(pred), number_and_unit(gold)
+    if pu and gu and pu[1] == gu[1]:  # "0.6400 N" and "0.64N": one unit on both sides, the numbers compared
+        pn, gn = plain_number(pu[0]), plain_number(gu[0])
+        return numbers_equal(pu[0], gu[0], pn, gn, percent)
     p, g = normalize_answer(pred), normalize_answer(gold)
     for a, b in ((p, g), (g, p)):  # "1,22" written with a decimal comma against "1.22"
         if DECIMAL_COMMA_RE.fullmatch(a) and "." in b and plain_number(b) is not None:

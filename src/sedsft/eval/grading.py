@@ -28,11 +28,13 @@ from sedsft.eval.extract import (
     SEPARATOR_RE,
     boxed_answer,
     extract_answer,
+    final_part,
     is_connector,
     span_text,
     stated_answer,
+    worded_answer,
 )
-from sedsft.eval.normalize import DECIMAL_COMMA_RE, key, normalize_answer, plain_number
+from sedsft.eval.normalize import DECIMAL_COMMA_RE, has_words, key, normalize_answer, plain_number, words_key
 from sedsft.eval.time_limit import GradingTimeout, budget, time_limit
 
 __all__ = [
@@ -78,6 +80,10 @@ def gold_answer(gold: str) -> str:
     Answer: The final answer is $28\\%$. I hope it is correct."); math spans joined by "or", "and",
     commas ("$2$ or $-2$"); one math span and a unit ("$125$ miles"). Else the gold itself."""
     g = gold.strip()
+    if "####" in g:  # a worked solution ending "#### 540" (GSM8K's raw answer field)
+        stated = stated_answer(g)
+        if stated:
+            return stated
     if "\\boxed" in g or "\\fbox" in g:
         return boxed_answer(g, loose=True) or g
     if not ("$" in g or "\\(" in g or "\\[" in g):
@@ -119,8 +125,19 @@ def _parts_boxed_apart(response: str, extracted: str, gold_ans: str) -> bool:
     wanted = len(list_items(normalize_answer(gold_ans)))
     if wanted < 2 or len(list_items(normalize_answer(extracted))) >= wanted:
         return False
-    joined = boxed_answer(response, loose=True)
+    joined = boxed_answer(final_part(response), loose=True)
     return joined is not None and joined != extracted and answers_match(joined, gold_ans)
+
+
+def _worded_match(response: str, gold_ans: str) -> str | None:
+    """A gold that holds words ("odd $n$") against the response's answer with its words kept: that
+    answer when the words agree on both sides, however they are written (``\\text{odd } n``)."""
+    if not has_words(gold_ans):
+        return None
+    worded = worded_answer(response)
+    if worded and words_key(worded) == words_key(gold_ans):  # string work only: no SymPy on this path
+        return worded
+    return None
 
 
 def answer_for_log(response: str, gold: str) -> str | None:
@@ -143,6 +160,10 @@ def grade(response: str, gold: str, *, timeout_s: float | None = GRADE_TIMEOUT_S
                 or answers_match(extracted, g)
                 or _parts_boxed_apart(response, extracted, g)
             )
+            if not correct:
+                worded = _worded_match(response, g)
+                if worded:
+                    extracted, correct = worded, True
         return Grade(extracted, bool(correct))
     except GradingTimeout:
         return Grade(extracted, False, timed_out=True, error=f"timed out after {timeout_s:g} s")

@@ -164,6 +164,28 @@ def key(s: str) -> str:
     return k.lower() if WORDS_RE.fullmatch(s) else k  # words compare case-insensitively
 
 
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_TEXT_ANYWHERE_RE = re.compile(
+    r"\\(?:text|textbf|textit|textnormal|textrm|mbox|mathrm|operatorname)\s*\{([^{}]*)\}"
+)
+
+
+def has_words(s: str) -> bool:
+    """Whether ``s`` holds a word (two letters or more outside LaTeX commands: ``odd n``)."""
+    return _WORD_RE.search(_COMMAND_RE.sub(" ", s)) is not None
+
+
+def words_key(s: str) -> str:
+    """The key of an answer that holds words, the same whichever way its words are written:
+    ``\\text{odd } n``, ``odd $n$`` and ``Odd n`` share one."""
+    s = normalize_answer(s)
+    if "\\" in s:
+        s = _TEXT_ANYWHERE_RE.sub(r" \1 ", s)
+    s = _WORD_RE.sub(lambda m: m.group(0).lower(), s)
+    return key(" ".join(s.split()))
+
+
 # ---- numbers -------------------------------------------------------------------------------------
 
 _DECIMAL_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
@@ -195,6 +217,25 @@ def plain_number(s: str) -> Fraction | None:
             return None
         return (-1 if sign == "-" else 1) * Fraction(int(num), int(den))
     return None
+
+
+_NUMBER_UNIT_RE = re.compile(
+    r"([-+]?(?:\d+\.?\d*|\.\d+))\s*"
+    r"(?:\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*([^{}]*?)\s*\}|([A-Za-z][A-Za-z/.\s]*?))"
+    r"(\^\{?\d\}?)?"
+)
+
+
+def number_and_unit(s: str) -> tuple[str, str] | None:
+    """(number, unit) of an answer that is a decimal number and a unit, glued or not (``0.64N``,
+    ``0.6400 N``, ``5\\text{ cm}^2``); None for anything else."""
+    m = _NUMBER_UNIT_RE.fullmatch(_strip_wrappers(s))
+    if m is None:
+        return None
+    unit = "".join((m.group(2) or m.group(3) or "").split()) + (m.group(4) or "").replace("{", "").replace(
+        "}", ""
+    )
+    return (m.group(1), unit.rstrip(".")) if unit.rstrip(".") else None
 
 
 DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d\d+")  # "1,22" (a list "1,2" has a one-digit item)
