@@ -229,10 +229,15 @@ def _math_verify(gold: str, pred: str) -> bool:
             same = _complex_equal(g[0], p[0])
             if same is not None:
                 return same
+        if verify(g, p, timeout_seconds=None):
+            return True
         gs, ps = _relation_as_set(g[0], p[0]), _relation_as_set(p[0], g[0])
-        if gs is not None or ps is not None:  # "-2 \le x \le 7" against "[-2, 7]"
-            g, p = ([gs] if gs is not None else g), ([ps] if ps is not None else p)
-        return bool(verify(g, p, timeout_seconds=None))
+        if gs is None and ps is None:
+            return False
+        # "-2 \le x \le 7" against "[-2, 7]": the values the relation allows, as a set
+        return bool(
+            verify([gs] if gs is not None else g, [ps] if ps is not None else p, timeout_seconds=None)
+        )
 
 
 def _complex_equal(a, b) -> bool | None:
@@ -259,14 +264,15 @@ def _relation_as_set(expr, other):
     """The set of values ``expr`` allows (an inequality, a chain, inequalities joined by "or", in one
     unknown) when ``other`` is a set (an interval, a union); else None."""
     from sympy import And, FiniteSet, Or, Set
+    from sympy.core.function import AppliedUndef
     from sympy.core.relational import Relational
 
     if not isinstance(other, Set) or isinstance(other, FiniteSet):  # an interval or a union, not {1, 2}
         return None
     if isinstance(expr, FiniteSet) and expr and all(isinstance(x, Relational) for x in expr):
         expr = Or(*expr)  # "x < -2 or x > 7" is parsed as the set of its two relations
-    if not isinstance(expr, (Relational, And, Or)) or len(expr.free_symbols) != 1:
-        return None
+    if not isinstance(expr, (Relational, And, Or)) or len(expr.free_symbols) != 1 or expr.atoms(AppliedUndef):
+        return None  # not in one unknown, or about a function's values (0 < f(x) < 1)
     try:
         return expr.as_set()
     except (NotImplementedError, TypeError, ValueError):  # SymPy cannot solve it: no set
@@ -334,8 +340,10 @@ def _match(p: str, g: str, percent: bool) -> bool:
         return _same_items(pi, gi, percent)
     if len(pi) != len(gi) and max(len(pi), len(gi)) <= MAX_LIST_ITEMS:
         longer, shorter = (pi, gi) if len(pi) > len(gi) else (gi, pi)
-        if len({key(x) for x in longer}) == len(shorter):
-            return False  # "1, 1, 2" is not "1, 2": a value listed twice is two answers
+        if len({key(x) for x in longer}) == len(shorter) and not any(_tuple(x) for x in longer):
+            # "1, 1, 2" is not "1, 2": a number listed twice is a double root. (A solution tuple
+            # listed twice is one solution written twice, as Math-Verify's tables read it.)
+            return False
     if (pn is not None and WORDS_RE.fullmatch(g)) or (gn is not None and WORDS_RE.fullmatch(p)):
         return False  # a number is never a word
     return _math_verify(g, p)

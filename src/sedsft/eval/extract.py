@@ -290,7 +290,7 @@ def _bare_last_line(tail: str) -> tuple[int, str] | None:
     label = _LINE_LABEL_RE.match(line)
     if label:
         start, line = start + label.end(), line[label.end() :].strip("*").strip()
-    if not line or len(line) > _BARE_LINE_CHARS or "$" in line or _MATH_OPEN_RE.search(line):
+    if not line or len(line) > _BARE_LINE_CHARS or _DELIMITER_RE.search(line):
         return None
     if line[0] in "=+*/^<>:;,." or line[-1] in "=+-*/^<>:;,({\\" or line.endswith("\\cdot"):
         return None
