@@ -130,6 +130,11 @@ def _same_role(pl: str, pr: str, gl: str, gr: str) -> bool:
     return True
 
 
+def _is_derivative(lhs: str) -> bool:
+    """Whether an assigned name is a derivative: ``f'(x)``, ``y''``, ``f^{\\prime}(x)``."""
+    return "'" in lhs or "\\prime" in lhs
+
+
 def _is_constant(s: str) -> bool:
     """No variables: only digits, operators and LaTeX commands (\\frac, \\sqrt, \\pi)."""
     return not _LETTER_RE.search(_COMMAND_RE.sub("", s))
@@ -173,6 +178,23 @@ def _tuple(s: str) -> list[str] | None:
         return None
     items = _split_top(s[1:-1], ",")
     return items if len(items) >= 2 and all(items) else None
+
+
+_RELATION_RE = re.compile(r"<|>|\\le\b|\\ge\b")
+
+
+def _alternatives(s: str) -> list[str]:
+    """The forms of an answer stated twice: ``a \\approx b``, or a relation and its set joined by
+    a colon (``-1<x \\le 1:(-1,1]``, as college_math writes them); [] for any other answer."""
+    if "\\approx" in s:
+        return [x.strip() for x in s.split("\\approx") if x.strip()]
+    if ":" in s and _RELATION_RE.search(s):
+        parts = _split_top(s, ":")
+        if len(parts) == 2 and all(parts):
+            relation, values = parts
+            if _RELATION_RE.search(relation) and (values[0] in "([" or "\\cup" in values):
+                return parts
+    return []
 
 
 def _too_complex(s: str) -> bool:
@@ -310,8 +332,8 @@ def _match(p: str, g: str, percent: bool) -> bool:
     if pn is not None and gn is not None:
         return numbers_equal(p, g, pn, gn, percent)
     for side, other, side_is_pred in ((p, g, True), (g, p, False)):
-        parts = [x.strip() for x in side.split("\\approx") if x.strip()] if "\\approx" in side else []
-        if parts:  # "1/3 \approx 0.33": what either side of the approximation matches
+        parts = _alternatives(side)
+        if parts:  # "1/3 \approx 0.33", "-1 < x \le 1 : (-1, 1]": what either form matches
             return any(
                 _match(x, other, percent) if side_is_pred else _match(other, x, percent) for x in parts
             )
@@ -323,6 +345,8 @@ def _match(p: str, g: str, percent: bool) -> bool:
                 return _match(pr, gr, percent)  # y = f vs y = g: f = g (also where f is a vector)
             if _same_role(pl, pr, gl, gr):
                 return _match(pr, gr, percent)  # y = 2x + 3 vs f(x) = 2x + 3
+            if _is_derivative(pl) != _is_derivative(gl):
+                return False  # f'(x) = 2x is not f(x) = 2x (Math-Verify's parser drops the prime)
             if _is_constant(pr) and _is_constant(gr):
                 return False  # x = 5 vs y = 5 differ
         return _math_verify(g, p)

@@ -217,11 +217,9 @@ def _reduce_phrase(rest: str, numeric: bool, words: bool = False) -> str | None:
             line = line[: m.start()]
             break
     line = line.strip().strip("*").strip()
-    verbs = [m for a, b in _outside_math(line) for m in _VERB_RE.finditer(line, a, b)]
-    if verbs:  # "The volume of $V$ is 120" -> "120"
-        line = line[verbs[-1].end() :].strip()
-    if words:
+    if words:  # the whole sentence ("$n$ is a power of $2$"); worded_answer also cuts at its verb
         return strip_delimiters(line).rstrip(".").strip() or None
+    line = after_last_verb(line)
     run = _first_math_run(line) if _MATH_OPEN_RE.match(line) else None
     if run is None and MATH_SPAN_RE.search(line):
         found = _last_math_run(line)
@@ -232,6 +230,12 @@ def _reduce_phrase(rest: str, numeric: bool, words: bool = False) -> str | None:
         if numbers:
             answer = numbers[-1]
     return answer or None
+
+
+def after_last_verb(line: str) -> str:
+    """What follows the last verb outside math in ``line``: "The volume of $V$ is 120" -> "120"."""
+    verbs = [m for a, b in _outside_math(line) for m in _VERB_RE.finditer(line, a, b)]
+    return line[verbs[-1].end() :].strip() if verbs else line
 
 
 def _phrase_answer(tail: str, numeric: bool, words: bool = False) -> str | None:
@@ -319,30 +323,34 @@ def _number_or_expression(tail: str, m: re.Match) -> str:
                 expr = expr[1:].strip()
             while expr.endswith(")") and expr.count(")") > expr.count("("):
                 expr = expr[:-1].strip()
-            if expr != m.group(0) and _OPERATOR_RE.search(expr):
+            unfinished = line[run.end() :].lstrip().startswith("=")  # "3 + 4 =": a left side, no answer
+            if expr != m.group(0) and _OPERATOR_RE.search(expr) and not unfinished:
                 return expr
             break
     return m.group(0)
 
 
-def worded_answer(text: str) -> str | None:
+def worded_answers(text: str) -> list[str]:
     """The final answer with the words around its math kept (``odd $n$``, ``$f(x) = ax$ for some
-    $a > 0$``), delimiters dropped: the sentence after the last answer phrase, else the last box and
-    the rest of its sentence, else the last line. For golds that hold words, which are kept whole."""
+    $a > 0$``), delimiters dropped: the sentence after the last answer phrase (whole, and after its
+    last verb), else the last box and the rest of its sentence, else the last line. For golds that
+    hold words, which are kept whole."""
     text = final_part(text)
     tail = text[-TAIL_CHARS:]
     found = _phrase_answer(tail, numeric=False, words=True)
     if found:
-        return found
+        cut = after_last_verb(found)
+        return [found, cut] if cut and cut != found else [found]
     boxes = [b for b in _boxes(tail) if b[2]]
     if boxes:
         _, end, content = boxes[0]
         rest = tail[end:].split("\n", 1)[0]
         cut = _SENTENCE_END_RE.search(rest)
         rest = rest[: cut.start()] if cut else rest
-        return strip_delimiters(content + rest).strip() or None
-    lines = tail.strip().rsplit("\n", 1)
-    return strip_delimiters(lines[-1]).strip().rstrip(".").strip() or None
+        found = strip_delimiters(content + rest).strip()
+    else:
+        found = strip_delimiters(tail.strip().rsplit("\n", 1)[-1]).strip().rstrip(".").strip()
+    return [found] if found else []
 
 
 def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:

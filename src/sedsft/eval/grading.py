@@ -32,7 +32,7 @@ from sedsft.eval.extract import (
     is_connector,
     span_text,
     stated_answer,
-    worded_answer,
+    worded_answers,
 )
 from sedsft.eval.normalize import DECIMAL_COMMA_RE, has_words, key, normalize_answer, plain_number, words_key
 from sedsft.eval.time_limit import GradingTimeout, budget, time_limit
@@ -134,10 +134,8 @@ def _worded_match(response: str, gold_ans: str) -> str | None:
     answer when the words agree on both sides, however they are written (``\\text{odd } n``)."""
     if not has_words(gold_ans):
         return None
-    worded = worded_answer(response)
-    if worded and words_key(worded) == words_key(gold_ans):  # string work only: no SymPy on this path
-        return worded
-    return None
+    wanted = words_key(gold_ans)  # string work only: no SymPy on this path
+    return next((w for w in worded_answers(response) if words_key(w) == wanted), None)
 
 
 def answer_for_log(response: str, gold: str) -> str | None:

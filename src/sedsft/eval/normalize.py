@@ -40,6 +40,11 @@ _MALFORMED = (  # \frac12, \frac1{2}, \frac{1}2, \sqrt3: the braces written out
     (re.compile(r"\\sqrt\s*(\d)"), r"\\sqrt{\1}"),
 )
 _MEMBER_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")  # "x \in [1, 2]" states the set
+_SET_BUILDER_RE = re.compile(r"^\\\{\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.*\1.*?)\s*\\\}$")  # {x | -2 <= x < 1}
+_SCALE_RE = re.compile(
+    r"^([-+]?\d+(?:\.\d+)?)\s*(?:\\text\s*\{\s*)?(thousand|million|billion|trillion)s?\s*\}?$"
+)  # "2.5 million": a number and a word for a power of ten
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _SYNONYMS = (  # (what must be in the text, pattern, replacement)
     (("\\varnothing", "\\O", "\\{"), re.compile(r"\\(?:varnothing|O)\b|\\\{\s*\\\}"), r"\\emptyset"),
     (
@@ -48,7 +53,7 @@ _SYNONYMS = (  # (what must be in the text, pattern, replacement)
         r"(-\\infty,\\infty)",
     ),
     (("infinity",), re.compile(r"\binfinity\b"), r"\\infty"),
-    (("eq",), re.compile(r"\\(ne|le|ge)q\b"), r"\\\1"),
+    (("eq",), re.compile(r"\\(ne|le|ge)q(?:slant)?\b"), r"\\\1"),
 )
 _MALFORMED_ANY_RE = re.compile(r"\\(?:frac|sqrt)\s*\d|\\frac\s*\{[^{}]*\}\s*\d")
 _SPACE_COMMAND_RE = re.compile(r"\\[,;: ]")
@@ -118,6 +123,12 @@ def normalize_answer(text: str) -> str:
     s = s.strip().rstrip(".").strip()
     if _DECIMAL_RE.fullmatch(s):
         return s  # a plain number: nothing below applies
+    if "illion" in s or "thousand" in s:
+        m = _SCALE_RE.match(s)
+        if m:  # the number it states, before the unit rules below drop the word
+            value = Fraction(m.group(1)) * _SCALES[m.group(2)]
+            if value.denominator == 1:
+                return str(value.numerator)
     if _THOUSANDS_RE.match(s):
         return s.replace(",", "").replace(" ", "")
     if latex:
@@ -133,6 +144,10 @@ def normalize_answer(text: str) -> str:
             s = m.group(1).strip()
         if "\\in" in s:
             s = _MEMBER_RE.sub("", s)
+        if s.startswith("\\{"):
+            m = _SET_BUILDER_RE.match(s)
+            if m:  # the set of the x that satisfy a condition: the condition
+                s = m.group(2)
     if " " in s:
         m = _WORD_UNIT_RE.match(s)
         if m:
@@ -220,7 +235,7 @@ def plain_number(s: str) -> Fraction | None:
 
 
 _NUMBER_UNIT_RE = re.compile(
-    r"([-+]?(?:\d+\.?\d*|\.\d+))\s*"
+    r"([-+]?(?:\d+\.?\d*|\.\d+))\s*(?:\\[,;: !]\s*)*"
     r"(?:\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*([^{}]*?)\s*\}|([A-Za-z][A-Za-z/.\s]*?))"
     r"(\^\{?\d\}?)?"
 )
