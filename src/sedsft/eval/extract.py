@@ -353,15 +353,24 @@ def worded_answers(text: str) -> list[str]:
     return [found] if found else []
 
 
-def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:
+PROTOCOLS = ("sedsft", "qwen")
+
+
+def extract_answer(text: str, *, numeric_fallback: bool = True, protocol: str = "sedsft") -> str | None:
     """The final answer written in ``text`` (module doc for the order), or None when it gives none.
 
     ``numeric_fallback``: the gold is a number, so a bare number in the text may be the answer.
+    ``protocol``: ``"qwen"`` reads as Qwen2.5-Math's parser where sedsft's rules differ: the whole
+    text (a box inside ``<think>`` counts), no bare last line, the last number alone (``3`` in
+    ``2(1 + 2) * 3``).
     """
-    numeric = numeric_fallback
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    numeric, qwen = numeric_fallback, protocol == "qwen"
     if not text:
         return None
-    text = final_part(text)
+    if not qwen:
+        text = final_part(text)
     tail = text[-TAIL_CHARS:]
     minerva = _minerva(tail)
     if minerva:
@@ -379,11 +388,12 @@ def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:
     fracs = list(_BARE_FRAC_RE.finditer(tail))
     if fracs:
         candidates.append((fracs[-1].end(), 1, fracs[-1].group(0)))
-    line = _bare_last_line(tail)
+    line = None if qwen else _bare_last_line(tail)
     if line:
         candidates.append((line[0], 2, line[1]))
     if numeric:
         numbers = list(_NUMBER_RE.finditer(tail))
         if numbers:
-            candidates.append((numbers[-1].end(), 0, _number_or_expression(tail, numbers[-1])))
+            last = numbers[-1]
+            candidates.append((last.end(), 0, last.group(0) if qwen else _number_or_expression(tail, last)))
     return max(candidates)[2] if candidates else None

@@ -21,10 +21,12 @@ import logging
 import re
 from dataclasses import dataclass
 
+from sedsft.errors import UserError
 from sedsft.eval import compare
 from sedsft.eval.compare import answers_match, list_items
 from sedsft.eval.extract import (
     MATH_SPAN_RE,
+    PROTOCOLS,
     SEPARATOR_RE,
     boxed_answer,
     extract_answer,
@@ -112,20 +114,21 @@ def gold_answer(gold: str) -> str:
 _logged_errors: set[str] = set()
 
 
-def _extract_for(response: str, gold_ans: str) -> str | None:
+def _extract_for(response: str, gold_ans: str, protocol: str = "sedsft") -> str | None:
     # A bare number in the response may be the answer only when the gold is a number.
     g = normalize_answer(gold_ans)
     numeric = plain_number(g) is not None or DECIMAL_COMMA_RE.fullmatch(g) is not None
-    return extract_answer(response, numeric_fallback=numeric)
+    return extract_answer(response, numeric_fallback=numeric, protocol=protocol)
 
 
-def _parts_boxed_apart(response: str, extracted: str, gold_ans: str) -> bool:
+def _parts_boxed_apart(read: str, extracted: str, gold_ans: str) -> bool:
     """A gold of several parts, each boxed on its own ("$y_1 = \\boxed{a}$ and $y_2 = \\boxed{b}$"):
-    the boxes joined by Math-Verify's looser rule, when that gives more parts than the strict one."""
+    the boxes joined by Math-Verify's looser rule, when that gives more parts than the strict one.
+    ``read``: the part of the response that states its answer."""
     wanted = len(list_items(normalize_answer(gold_ans)))
     if wanted < 2 or len(list_items(normalize_answer(extracted))) >= wanted:
         return False
-    joined = boxed_answer(final_part(response), loose=True)
+    joined = boxed_answer(read, loose=True)
     return joined is not None and joined != extracted and answers_match(joined, gold_ans)
 
 
@@ -146,17 +149,25 @@ def answer_for_log(response: str, gold: str) -> str | None:
         return None
 
 
-def grade(response: str, gold: str, *, timeout_s: float | None = GRADE_TIMEOUT_S) -> Grade:
-    """Grade ``response`` (free-form model output) against ``gold``; never raises (module doc)."""
+def grade(
+    response: str, gold: str, *, timeout_s: float | None = GRADE_TIMEOUT_S, protocol: str = "sedsft"
+) -> Grade:
+    """Grade ``response`` (free-form model output) against ``gold``; never raises (module doc), but
+    for an unknown ``protocol`` (a UserError, before anything is graded).
+
+    ``protocol="qwen"`` extracts the answer as Qwen2.5-Math's parser does where the two differ
+    (:func:`sedsft.eval.extract.extract_answer`); the comparison is the same."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown grading protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     extracted = None
     try:
         with budget(timeout_s):
             g = gold_answer(gold)
-            extracted = _extract_for(response, g)
+            extracted = _extract_for(response, g, protocol)
             correct = extracted is not None and (
                 key(normalize_answer(extracted)) == key(normalize_answer(gold))  # the gold's own text
                 or answers_match(extracted, g)
-                or _parts_boxed_apart(response, extracted, g)
+                or _parts_boxed_apart(response if protocol == "qwen" else final_part(response), extracted, g)
             )
             if not correct:
                 worded = _worded_match(response, g)
