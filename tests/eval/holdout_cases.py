@@ -12,7 +12,11 @@ way; ``expected`` is the mathematics. Sources, each row in our own words:
 - ``qwen-grader``: pairs of the kind Qwen2.5-Math's grader lists in its own self-check;
 - ``hendrycks``: the string forms MATH's ``is_equiv`` rewrites (``\\dfrac``, ``0.5`` vs ``\\frac12``,
   ``\\text{ }`` units, ``\\left``/``\\right``);
-- ``think``: responses of reasoning models (``<think>...</think>`` then a summary).
+- ``think``: responses of reasoning models (``<think>...</think>`` then a summary);
+- ``qwen-style``: answers written as Qwen2.5-Math's models write them.
+
+``HOLDOUT`` was measured first (95.2%), then six of its misses were fixed by general rules;
+``HOLDOUT_FRESH`` was written after that and measured once (96.7%): its misses are kept as they are.
 """
 
 from __future__ import annotations
@@ -188,3 +192,93 @@ HOLDOUT: list[tuple[str, str, str, bool]] = [
     ("qwen-grader", "(a+5)(b+2)", r"\boxed{(+5)(b+2)}", False),
     ("qwen-grader", "x+2n+1", r"\boxed{x+1}", False),
 ]
+
+# A second batch, written after the first was measured and the grader changed for its misses;
+# measured once (96.7%), and not tuned to. Its two misses stay misses (KNOWN_MISSES).
+HOLDOUT_FRESH: list[tuple[str, str, str, bool]] = [
+    ("bench:olympiadbench", "1,-1,7,-7", "The possible values are\n\n\\pm 1, \\pm 7", True),
+    ("bench:olympiadbench", "1,-1,7,-7", "\\boxed{1, -1, 7, -7, 7}", False),
+    ("bench:olympiadbench", "$t(0,4]$", "\\boxed{t \\in (0, 4]}", True),
+    ("bench:gaokao2023en", "$35,000$", "The population grows to 35 000 people.", True),
+    ("bench:gaokao2023en", "$35,000$", "The population grows to 3 500 people.", False),
+    ("bench:gaokao2023en", "$0.17$", "\\boxed{0.170}", True),
+    ("bench:gaokao2023en", "$\\frac{\\sqrt{30}}{2}$", "Taking the square root,\n\\sqrt{7.5}", True),
+    ("bench:gaokao2023en", "$\\frac{\\sqrt{30}}{2}$", "Taking the square root,\n\\sqrt{30}", False),
+    ("bench:gaokao2023en", "D", "So the correct choice is\n\n**D**", False),
+    ("bench:college_math", "$49-70 n+25 n^{2}$", "\\boxed{(5n-7)^2}", True),
+    ("bench:college_math", "$49-70 n+25 n^{2}$", "\\boxed{(5n+7)^2}", False),
+    ("bench:college_math", "$\\ln (10)$", "\\boxed{\\ln 2 + \\ln 5}", True),
+    ("bench:college_math", "$7.44 \\times 10^{-4}$", "\\boxed{0.000744}", True),
+    ("bench:college_math", "$7.44 \\times 10^{-4}$", "\\boxed{0.00744}", False),
+    ("bench:college_math", "10,20", "The two numbers are $\\boxed{20, 10}$.", True),
+    ("bench:college_math", "10,20", "\\boxed{10, 10, 20}", False),
+    ("bench:math500", "\\frac65", "Dividing, we obtain\n1.2", True),
+    ("bench:math500", "\\frac65", "Dividing, we obtain\n1.25", False),
+    ("bench:math500", "(6,31,-1)", "# Answer\n\n(6, 31, -1)", True),
+    ("bench:math500", "(6,31,-1)", "# Answer\n\n(6, -1, 31)", False),
+    (
+        "bench:math500",
+        "-2",
+        "<think>I think it is \\boxed{2}. Wait, sign.</think>\nThe value is $\\boxed{-2}$.",
+        True,
+    ),
+    (
+        "bench:math500",
+        "2",
+        "<think>I think it is \\boxed{2}. Wait, sign.</think>\nThe value is $\\boxed{-2}$.",
+        False,
+    ),
+    ("bench:math500", "\\frac{3\\sqrt{3}}{4}", "\\boxed{\\frac{3}{4}\\sqrt{3}}", True),
+    ("bench:math500", "\\frac{3\\sqrt{3}}{4}", "\\boxed{\\frac{3}{4}\\sqrt{2}}", False),
+    ("qwen-style", "3-4i", "So $z^2 = \\boxed{(2-i)^2}$.", True),
+    ("qwen-style", "3-4i", "\\boxed{(2+i)^2}", False),
+    ("qwen-style", "\\frac{1}{2}-\\frac{\\sqrt{3}}{2}i", "\\boxed{\\frac{1 - i\\sqrt{3}}{2}}", True),
+    ("qwen-style", "\\frac{1}{2}-\\frac{\\sqrt{3}}{2}i", "\\boxed{\\frac{1 + i\\sqrt{3}}{2}}", False),
+    ("own", "(-\\infty, 0] \\cup [4, \\infty)", "\\boxed{x \\le 0 \\text{ or } x \\ge 4}", True),
+    ("own", "(-\\infty, 0] \\cup [4, \\infty)", "\\boxed{x < 0 \\text{ or } x \\ge 4}", False),
+    ("own", "[-\\frac{1}{2}, 3)", "\\boxed{-\\frac12 \\leq t < 3}", True),
+    ("own", "[-\\frac{1}{2}, 3)", "\\boxed{-\\frac12 < t < 3}", False),
+    ("own", "(-\\infty, 2)", "So the inequality holds when $\\boxed{x<2}$.", True),
+    ("own", "(-\\infty, 2)", "\\boxed{x>2}", False),
+    ("own", "g(x)=\\frac{1}{x-1}", "\\boxed{y=\\frac{1}{x-1}}", True),
+    ("own", "g(x)=\\frac{1}{x-1}", "\\boxed{y=\\frac{1}{x+1}}", False),
+    ("own", "h(t)=-16t^2+64t", "\\boxed{f(t) = 64t - 16t^2}", True),
+    ("own", "h(t)=-16t^2+64t", "\\boxed{f(t) = 64t + 16t^2}", False),
+    ("own", "9.80 m/s^2", "\\boxed{9.8\\text{ m/s}^2}", True),
+    ("own", "9.80 m/s^2", "\\boxed{9.08\\text{ m/s}^2}", False),
+    ("own", "1.50 kg", "\\boxed{1.5\\,\\text{kg}}", True),
+    ("own", "1.50 kg", "\\boxed{15\\,\\text{kg}}", False),
+    ("own", "36", "The area is 6 \\cdot 6", True),
+    ("own", "6", "The area is 6 \\cdot 6", False),
+    ("own", "10", "Total: (3 + 2) * 2", True),
+    ("own", "2", "Total: (3 + 2) * 2", False),
+    ("own", "\\text{the empty set}", "The answer is the empty set.", True),
+    ("own", "\\text{all real numbers}", "The answer is: all real numbers", True),
+    ("own", "\\text{all real numbers}", "The answer is: all positive real numbers", False),
+    ("own", "$k$ must be even", "Final Answer: $k$ must be even.", True),
+    ("own", "$k$ must be even", "Final Answer: $k$ must be odd.", False),
+    (
+        "gsm8k-raw",
+        "He runs 3*60=<<3*60=180>>180 meters a sprint\nSo 540 in total\n#### 540",
+        "He runs 3 sprints of 60 meters 3 times a week.\nA: 540",
+        True,
+    ),
+    (
+        "gsm8k-raw",
+        "He runs 3*60=<<3*60=180>>180 meters a sprint\nSo 540 in total\n#### 540",
+        "Each sprint is 60 meters.\nA: 180",
+        False,
+    ),
+    ("prm800k", "\\frac{5}{3}", "Putting it together.\n\n# Answer\n\n5/3", True),
+    ("prm800k", "\\frac{5}{3}", "Putting it together.\n\n# Answer\n\n3/5", False),
+    ("prm800k", "3\\frac{1}{3}", "\\boxed{\\frac{10}{3}}", True),
+    ("own", "2, 3", "The solutions are $\\boxed{2, 3, 3}$.", False),
+    ("own", "2, 3", "The solutions are $\\boxed{3, 2}$.", True),
+    ("think", "4", "<think>compute... \\boxed{4}</think>\n\nI am unable to finish this problem.", False),
+    ("think", "4", "<think>compute... \\boxed{3}</think>\n\nAfter rechecking, the answer is 4.", True),
+]
+
+KNOWN_MISSES = {  # (gold, response): why
+    ("$t(0,4]$", r"\boxed{t \in (0, 4]}"): "olympiadbench glues the unknown to its interval",
+    ("h(t)=-16t^2+64t", r"\boxed{f(t) = 64t - 16t^2}"): "Math-Verify's parser drops a trailing t (a unit)",
+}
