@@ -270,9 +270,8 @@ def _complex_equal(a, b) -> bool | None:
 
     if not (isinstance(a, Expr) and isinstance(b, Expr)):
         return None
-    unknowns = (
-        a.free_symbols | b.free_symbols
-    )  # the parser's i: symbols, not always with one set of assumptions
+    # the parser's i is a symbol, and not always with one set of assumptions: every symbol named i
+    unknowns = a.free_symbols | b.free_symbols
     if not unknowns or {x.name for x in unknowns} != {"i"}:
         return None
     a, b = a.subs({x: I for x in unknowns}), b.subs({x: I for x in unknowns})

@@ -270,7 +270,6 @@ def stated_answer(text: str) -> str | None:
 
 
 _DELIMITER_RE = re.compile(r"\$|\\[()\[\]]")
-_BOX_COMMAND_RE = re.compile(r"\\(?:boxed|fbox)\s*")
 
 
 def strip_delimiters(s: str) -> str:

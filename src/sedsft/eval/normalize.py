@@ -40,7 +40,7 @@ _MALFORMED = (  # \frac12, \frac1{2}, \frac{1}2, \sqrt3: the braces written out
     (re.compile(r"\\sqrt\s*(\d)"), r"\\sqrt{\1}"),
 )
 _MEMBER_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")  # "x \in [1, 2]" states the set
-_SET_BUILDER_RE = re.compile(r"^\\\{\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.*\1.*?)\s*\\\}$")  # {x | -2 <= x < 1}
+_SET_BUILDER_RE = re.compile(r"^\\\{\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.+?)\s*\\\}$")  # {x | -2 <= x < 1}
 _SCALE_RE = re.compile(
     r"^([-+]?\d+(?:\.\d+)?)\s*(?:\\text\s*\{\s*)?(thousand|million|billion|trillion)s?\s*\}?$"
 )  # "2.5 million": a number and a word for a power of ten
@@ -146,7 +146,7 @@ def normalize_answer(text: str) -> str:
             s = _MEMBER_RE.sub("", s)
         if s.startswith("\\{"):
             m = _SET_BUILDER_RE.match(s)
-            if m:  # the set of the x that satisfy a condition: the condition
+            if m and m.group(1) in m.group(2):  # the set of the x that satisfy a condition: the condition
                 s = m.group(2)
     if " " in s:
         m = _WORD_UNIT_RE.match(s)
