@@ -128,6 +128,13 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("\\{x \\mid 1 \\le x < 3\\}", r"\boxed{(1,3)}", False),
         ("$-1<x \\leqslant 1:(-1,1]$", r"\boxed{(-1, 1)}", False),
         ("(0,1)", r"\boxed{0 < f(x) < 1}", False),  # a function's values, not an interval of x
+        ("(-\\infty,-2)\\cup(7,\\infty)", r"\boxed{x<-2 \text{ and } x>7}", False),  # "and" is no union
+        (
+            "\\{x \\mid x \\geq 0 \\text{ and } x \\neq 1\\}",
+            r"\boxed{\mathbb{R}}",
+            False,
+        ),  # college_math 1702
+        ("\\{x \\mid x \\ge 0\\}", r"\boxed{[0, \infty)}", True),
     ],
     "sets_lists_tuples": [
         ("\\{2,3,5\\}", r"\boxed{\{5,3,2\}}", True),

@@ -253,7 +253,10 @@ def _math_verify(gold: str, pred: str) -> bool:
                 return same
         if verify(g, p, timeout_seconds=None):
             return True
-        gs, ps = _relation_as_set(g[0], p[0]), _relation_as_set(p[0], g[0])
+        gs, ps = (
+            _relation_as_set(g[0], p[0], _ONLY_OR_RE.search(gold)),
+            _relation_as_set(p[0], g[0], _ONLY_OR_RE.search(pred)),
+        )
         if gs is None and ps is None:
             return False
         # "-2 \le x \le 7" against "[-2, 7]": the values the relation allows, as a set
@@ -281,16 +284,22 @@ def _complex_equal(a, b) -> bool | None:
     return simplify(nsimplify(a - b)) == 0
 
 
-def _relation_as_set(expr, other):
+_ONLY_OR_RE = re.compile(
+    r"^(?:(?!\band\b|,).)*\bor\b(?:(?!\band\b|,).)*$", re.DOTALL
+)  # "a or b", no "and" or ","
+
+
+def _relation_as_set(expr, other, either: bool):
     """The set of values ``expr`` allows (an inequality, a chain, inequalities joined by "or", in one
-    unknown) when ``other`` is a set (an interval, a union); else None."""
+    unknown) when ``other`` is a set (an interval, a union); else None. ``either``: the relations
+    were joined by "or" only (the parser returns relations joined by "and" or commas the same way)."""
     from sympy import And, FiniteSet, Or, Set
     from sympy.core.function import AppliedUndef
     from sympy.core.relational import Relational
 
     if not isinstance(other, Set) or isinstance(other, FiniteSet):  # an interval or a union, not {1, 2}
         return None
-    if isinstance(expr, FiniteSet) and expr and all(isinstance(x, Relational) for x in expr):
+    if isinstance(expr, FiniteSet) and either and expr and all(isinstance(x, Relational) for x in expr):
         expr = Or(*expr)  # "x < -2 or x > 7" is parsed as the set of its two relations
     if not isinstance(expr, (Relational, And, Or)) or len(expr.free_symbols) != 1 or expr.atoms(AppliedUndef):
         return None  # not in one unknown, or about a function's values (0 < f(x) < 1)
