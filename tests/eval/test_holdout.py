@@ -22,13 +22,9 @@ def _params(rows, name):
     "gold,response,expected", _params(HOLDOUT, "first") + _params(HOLDOUT_FRESH, "fresh")
 )
 def test_holdout(gold, response, expected):
+    """Every row as expected: no near miss accepted, no equivalent answer refused."""
     result = grade(response, gold)
     assert result.correct is expected and result.error is None, result
-
-
-def test_no_wrong_answer_is_accepted():
-    accepted = [(g, r) for _, g, r, e in HOLDOUT + HOLDOUT_FRESH if not e and grade(r, g).correct]
-    assert accepted == []
 
 
 def test_holdout_has_near_misses_for_its_sources():
