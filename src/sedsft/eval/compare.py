@@ -1,15 +1,20 @@
 """Are two answers equal? ``answers_match(pred, gold)``, cheapest test first, symmetric in its sides.
 
-Equal normalised strings; plain numbers (exact fractions, decimals to 1e-6 relative, ``x%`` = ``x`` =
-``x/100`` only where a percent sign is written); ``a \\approx b`` matches what ``a`` or ``b`` matches;
-an assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
+Equal normalised strings; a number and one unit on both sides (``0.6400 N``, ``0.64N``) by the
+numbers; plain numbers (exact fractions, decimals to 1e-6 relative, ``x%`` = ``x`` = ``x/100`` only
+where a percent sign is written); ``a \\approx b`` (and college_math's ``relation:set``) matches what
+either form matches; an assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
 equation that is no assignment never equals a value, two assignments of constants to different
-names differ (``x = 5`` vs ``y = 5``), two assignments to the same name compare their right sides
+names differ (``x = 5`` vs ``y = 5``), a function and a plain name for its value of the same
+arguments (``f(x) = 2x + 3``, ``y = 2x + 3``) compare their right sides, a derivative is not its
+function (``f'(x)`` vs ``f(x)``), two assignments to the same name compare their right sides
 (``y = f`` vs ``y = g``: Math-Verify's own equation test calls two equations SymPy cannot solve
 equal, vector ones included), other pairs of equations are compared as equations (never
 equal when their unknowns differ); an unbracketed list (``1, 2 and 3``) as an unordered multiset,
-item by item; anything else by Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals,
-sets, tuples, matrices).
+item by item (a number listed twice is not the list without it); anything else by Math-Verify's
+LaTeX ``parse`` + ``verify`` (expressions, intervals, sets, tuples, matrices), where constants in
+``i`` alone are compared as complex values and inequalities in one unknown against an interval as
+the set of values they allow.
 
 Only Math-Verify's LaTeX parser (ANTLR) sees model output, never its ``ExprExtractionConfig``, which
 goes through SymPy's ``parse_expr`` (Python ``eval``). An answer over ``MAX_ANSWER_CHARS`` or nested

@@ -4,8 +4,9 @@
 error or a time-out grades the response incorrect and says why in ``Grade.error``.
 
 1. **Gold**: a gold written like a response is reduced to its answer (``gold_answer``), but only in
-   clear forms: its boxes, a stated final answer, math spans joined by "or"/"and"/commas, one math
-   span and a unit. A gold's own words are never dropped ("$C$ is not invertible" stays whole).
+   clear forms: its boxes, a stated final answer, a worked solution ending "#### 540", math spans
+   joined by "or"/"and"/commas, one math span and a unit. A gold's own words are never dropped ("$C$
+   is not invertible" stays whole); a response's answer that keeps the same words matches it.
 2. **Extraction**: :func:`sedsft.eval.extract.extract_answer`, in the paper's protocol order.
 3. **Normalisation**: :func:`sedsft.eval.normalize.normalize_answer`, keeping the structure.
 4. **Comparison**: :func:`sedsft.eval.compare.answers_match` (Math-Verify for what needs SymPy).
@@ -79,7 +80,8 @@ _UNIT_TAIL_RE = re.compile(
 def gold_answer(gold: str) -> str:
     """The answer a gold states. Only clear forms are reduced, so that a gold's own words are never
     dropped ("$C$ is not invertible" stays whole): its boxes; a stated final answer ("... Final
-    Answer: The final answer is $28\\%$. I hope it is correct."); math spans joined by "or", "and",
+    Answer: The final answer is $28\\%$. I hope it is correct."); a worked solution ending
+    "#### 540" (GSM8K's raw answer field); math spans joined by "or", "and",
     commas ("$2$ or $-2$"); one math span and a unit ("$125$ miles"). Else the gold itself."""
     g = gold.strip()
     if "####" in g:  # a worked solution ending "#### 540" (GSM8K's raw answer field)
