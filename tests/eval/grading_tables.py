@@ -68,6 +68,12 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("18", r"\boxed{\$18}", True),
         ("\\$18.90", r"\boxed{18.9}", True),
         ("18", "She makes 18 dollars.\n#### 18 dollars", True),
+        ("0.64N", r"\boxed{0.6400 N}", True),  # one unit on both sides: the numbers compared
+        ("0.64N", r"The force is $\boxed{0.640\,\mathrm{N}}$.", True),
+        ("2500000", r"\boxed{2.5\text{ million}}", True),
+        ("0.64N", r"\boxed{0.65 N}", False),
+        ("0.64N", r"\boxed{6.4N}", False),
+        ("2500000", r"\boxed{2.5 \text{ thousand}}", False),
         ("6", r"\boxed{60^\circ}", False),
         ("\\frac{\\pi}{3}", r"\boxed{60}", False),
     ],
@@ -88,6 +94,16 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("x^2", r"\boxed{x^3}", False),
         ("4", r"\boxed{4\sqrt{2}}", False),
     ],
+    "complex_numbers": [  # compared as complex values, i the imaginary unit
+        ("1+2i", r"\boxed{i(2-i)}", True),
+        ("\\frac15+\\frac35 i", r"\boxed{\frac{1+3i}{5}}", True),
+        ("\\frac{i}{5}", r"\boxed{0.2i}", True),
+        ("-1", r"\boxed{i^2}", True),
+        ("1+2i", r"\boxed{i(2+i)}", False),
+        ("\\frac15+\\frac35 i", r"\boxed{\frac{3+i}{5}}", False),
+        ("\\frac{i}{5}", r"\boxed{0.2}", False),
+        ("\\frac{i}{5}", r"\boxed{0.21i}", False),
+    ],
     "intervals": [
         ("(-\\infty,-3)", r"\boxed{(-\infty, -3)}", True),
         ("[1,2)", r"\boxed{[1, 2)}", True),
@@ -98,6 +114,27 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("(-1,1]", r"\boxed{(-1,1)}", False),
         ("[0,9)", r"\boxed{(0,9)}", False),
         ("(1,2)", r"\boxed{[1,2]}", False),
+        # inequalities in one unknown against an interval: the set of values they allow
+        ("x \\in [-2,7]", r"\boxed{-2 \le x \le 7}", True),
+        ("(-\\sqrt3,\\sqrt3)", r"\boxed{-\sqrt3<x<\sqrt3}", True),
+        ("(-\\infty,-2)\\cup(7,\\infty)", r"\boxed{x<-2 \text{ or } x>7}", True),
+        ("[5,\\infty)", r"\boxed{x \geqslant 5}", True),
+        ("\\{x \\mid 1 \\le x < 3\\}", r"\boxed{[1,3)}", True),
+        ("$-1<x \\leqslant 1:(-1,1]$", r"\boxed{(-1, 1]}", True),  # college_math: relation, colon, set
+        ("x \\in [-2,7]", r"\boxed{-2 < x \le 7}", False),
+        ("(-\\sqrt3,\\sqrt3)", r"\boxed{-\sqrt3\le x<\sqrt3}", False),
+        ("(-\\infty,-2)\\cup(7,\\infty)", r"\boxed{-2<x<7}", False),
+        ("[5,\\infty)", r"\boxed{x > 5}", False),
+        ("\\{x \\mid 1 \\le x < 3\\}", r"\boxed{(1,3)}", False),
+        ("$-1<x \\leqslant 1:(-1,1]$", r"\boxed{(-1, 1)}", False),
+        ("(0,1)", r"\boxed{0 < f(x) < 1}", False),  # a function's values, not an interval of x
+        ("(-\\infty,-2)\\cup(7,\\infty)", r"\boxed{x<-2 \text{ and } x>7}", False),  # "and" is no union
+        (
+            "\\{x \\mid x \\geq 0 \\text{ and } x \\neq 1\\}",
+            r"\boxed{\mathbb{R}}",
+            False,
+        ),  # college_math 1702
+        ("\\{x \\mid x \\ge 0\\}", r"\boxed{[0, \infty)}", True),
     ],
     "sets_lists_tuples": [
         ("\\{2,3,5\\}", r"\boxed{\{5,3,2\}}", True),
@@ -111,6 +148,11 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("(1,2)", r"\boxed{(2,1)}", False),
         ("1, 2", r"\boxed{1, 2, 3}", False),
         ("\\{1, 2\\}", r"\boxed{\{1, 3\}}", False),
+        # a value listed twice is not the list without it (a double root)
+        ("1, 1, 2", r"\boxed{2, 1, 1}", True),
+        ("1, 2", r"\boxed{1, 1, 2}", False),
+        ("1", r"\boxed{1, 1}", False),
+        ("-2, 1", r"\boxed{1, -2, 1}", False),
     ],
     "matrices_vectors": [
         (
@@ -204,6 +246,13 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("4", r"\boxed{2+2=4}", True),
         ("5", r"\boxed{x=6}", False),
         ("x=5", r"\boxed{6}", False),
+        # a function and a plain name for its value, of the same variables: right sides compared
+        ("f(x) = 2x + 3", r"\boxed{y = 2x + 3}", True),
+        ("y=-2x", r"The line is $\boxed{g(x) = -2x}$.", True),
+        ("f(x) = 2x + 3", r"\boxed{y = 2x - 3}", False),
+        ("x = 2t", r"\boxed{y = 2t}", False),  # two plain names: two coordinates
+        ("f(x) = 2x", r"\boxed{f'(x) = 2x}", False),
+        ("f(x) = 2x", r"\boxed{y = 2t}", False),
     ],
     "inequalities": [
         ("x \\geq 5", r"Therefore $\boxed{5 \leq x}$.", True),
@@ -278,7 +327,40 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
             True,
         ),
         ("(0, 1)", "Final Answer: The final answer is $(0, 1)$. I hope it is correct.", True),
+        # PRM800K's header: "# Answer" on its own line, the answer below
+        ("\\frac{1}{2}", "So half of them are red.\n\n# Answer\n\n0.5", True),
+        ("(1,2)", "We solve the system.\n\n# Answer\n\n(1, 2)", True),
+        ("\\frac{1}{2}", "So half of them are red.\n\n# Answer\n\n0.25", False),
+        ("(1,2)", "We solve the system.\n\n# Answer\n\n(2, 1)", False),
         ("[0,1)", "Final Answer: The final answer is $(0, 1)$. I hope it is correct.", False),
+    ],
+    "bare_last_line": [  # the answer alone on the last line: no box, no phrase, no $
+        ("[-3, 5)", "Solving both inequalities gives\n\n[-3, 5)", True),
+        ("3\\sqrt{2}", "Simplifying the radical,\n\\sqrt{18}", True),
+        ("\\{4\\}", "Checking the candidates leaves\nx = 4", True),
+        ("18", "The total is\n2(1 + 2) * 3", True),  # the expression, not its last factor
+        ("270", "A: 270", True),
+        ("[-3, 5)", "Solving both inequalities gives\n\n[-3, 5]", False),
+        ("3\\sqrt{2}", "Simplifying the radical,\n\\sqrt{12}", False),
+        ("3", "The total is\n2(1 + 2) * 3", False),
+        ("7", "We have\n3 + 4 =", False),  # a computation broken off: its left side is no answer
+        ("x+1", "We conclude it is the sum we found\nabove", False),
+    ],
+    "answers_with_words": [  # a gold's words kept: the response's words kept too, written any way
+        ("\\text{odd } n", "The answer is odd $n$.", True),
+        ("odd $n$", r"So the answer is: $\text{odd}$ $n$", True),
+        ("$f(x)=ax$ for some $a>0$", r"Final answer: $f(x) = a x$ for some $a > 0$.", True),
+        ("$n$ is a power of $2$", "**Final Answer:** $n$ is a power of $2$", True),
+        ("\\text{odd } n", "The answer is even $n$.", False),
+        ("\\text{odd } n", r"\boxed{n}", False),
+        ("$f(x)=ax$ for some $a>0$", r"Final answer: $f(x) = ax$ for some $a < 0$.", False),
+        ("$n$ is a power of $2$", "**Final Answer:** $n$ is not a power of $2$", False),
+    ],
+    "reasoning_models": [  # the answer is stated after </think>; a box inside the thinking is a draft
+        ("7", "<think>First \\boxed{5}? No.</think>\nSo the answer is $\\boxed{7}$.", True),
+        ("5", "<think>It is \\boxed{5}.</think>", True),  # nothing after the thinking: it is read
+        ("5", "<think>maybe \\boxed{5}</think>\nI could not determine the answer.", False),
+        ("5", "<think>First \\boxed{5}? No.</think>\nSo the answer is $\\boxed{7}$.", False),
     ],
     "multiple_boxes": [
         ("5", r"\boxed{3} ... wait, that is wrong: \boxed{5}", True),
@@ -303,6 +385,13 @@ TABLES: dict[str, list[tuple[str, str, bool]]] = {
         ("$C$ is not invertible", r"\boxed{C}", False),  # a gold's own words are never dropped
         (r"$\cos (t)=0$ when $t=\frac{\pi}{2}+\pi k$ for any integer $k$.", r"\boxed{k}", False),
         ("$4 \\frac{4}{9}$ days", r"It takes \boxed{\frac{40}{9}} days.", True),
+        # GSM8K's raw answer field: a worked solution ending "#### N"
+        (
+            "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n48+24 = <<48+24=72>>72\n#### 72",
+            "In all, 72.\nA: 72",
+            True,
+        ),
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n48+24 = <<48+24=72>>72\n#### 72", "A: 24", False),
     ],
     "false_positive_traps": [
         ("5", r"We found 5 earlier, but the answer is \boxed{6}.", False),

@@ -190,3 +190,24 @@ def test_benchmark_matrices_keep_their_rows(name, data_dir):
             assert is_correct(f"\\boxed{{\\begin{{pmatrix}} {body} \\end{{pmatrix}}}}", p.answer), p.answer
             accepted += 1
     assert rejected >= (7 if name == "math" else 50) and accepted >= 5, (rejected, accepted)
+
+
+QWEN_DIFFERS = [  # (gold, response, sedsft's verdict, Qwen2.5-Math's extraction's verdict)
+    ("5", "<think>So \\boxed{5}.</think>\nI could not determine the answer.", False, True),
+    ("3", "The total is\n2(1 + 2) * 3", False, True),
+    ("18", "The total is\n2(1 + 2) * 3", True, False),
+    ("[-2, 7]", "So the solution set is\n\n[-2, 7]", True, False),
+]
+
+
+@pytest.mark.parametrize("gold,response,ours,qwen", QWEN_DIFFERS)
+def test_protocol_qwen_restores_qwen_extraction(gold, response, ours, qwen):
+    assert grade(response, gold).correct is ours
+    assert grade(response, gold, protocol="qwen").correct is qwen
+
+
+def test_unknown_protocol_is_refused():
+    from sedsft.errors import UserError
+
+    with pytest.raises(UserError, match="grading protocol 'minerva'"):
+        grade(r"\boxed{1}", "1", protocol="minerva")

@@ -1,15 +1,20 @@
 """Are two answers equal? ``answers_match(pred, gold)``, cheapest test first, symmetric in its sides.
 
-Equal normalised strings; plain numbers (exact fractions, decimals to 1e-6 relative, ``x%`` = ``x`` =
-``x/100`` only where a percent sign is written); ``a \\approx b`` matches what ``a`` or ``b`` matches;
-an assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
+Equal normalised strings; a number and one unit on both sides (``0.6400 N``, ``0.64N``) by the
+numbers; plain numbers (exact fractions, decimals to 1e-6 relative, ``x%`` = ``x`` = ``x/100`` only
+where a percent sign is written); ``a \\approx b`` (and college_math's ``relation:set``) matches what
+either form matches; an assignment (``x = 5``, ``f(x) = ...``, ``|AB| = 1``) against a value compares its right side, an
 equation that is no assignment never equals a value, two assignments of constants to different
-names differ (``x = 5`` vs ``y = 5``), two assignments to the same name compare their right sides
+names differ (``x = 5`` vs ``y = 5``), a function and a plain name for its value of the same
+arguments (``f(x) = 2x + 3``, ``y = 2x + 3``) compare their right sides, a derivative is not its
+function (``f'(x)`` vs ``f(x)``), two assignments to the same name compare their right sides
 (``y = f`` vs ``y = g``: Math-Verify's own equation test calls two equations SymPy cannot solve
 equal, vector ones included), other pairs of equations are compared as equations (never
 equal when their unknowns differ); an unbracketed list (``1, 2 and 3``) as an unordered multiset,
-item by item; anything else by Math-Verify's LaTeX ``parse`` + ``verify`` (expressions, intervals,
-sets, tuples, matrices).
+item by item (a number listed twice is not the list without it); anything else by Math-Verify's
+LaTeX ``parse`` + ``verify`` (expressions, intervals, sets, tuples, matrices), where constants in
+``i`` alone are compared as complex values and inequalities in one unknown against an interval as
+the set of values they allow.
 
 Only Math-Verify's LaTeX parser (ANTLR) sees model output, never its ``ExprExtractionConfig``, which
 goes through SymPy's ``parse_expr`` (Python ``eval``). An answer over ``MAX_ANSWER_CHARS`` or nested
@@ -30,6 +35,7 @@ from sedsft.eval.normalize import (
     close,
     key,
     normalize_answer,
+    number_and_unit,
     numbers_equal,
     plain_number,
 )
@@ -105,6 +111,35 @@ def _names_in(side: str, target: str) -> bool:
     return bool(letters & set(_LETTER_RE.findall(_COMMAND_RE.sub("", side))))
 
 
+_FUNCTION_NAME_RE = re.compile(r"([A-Za-z])\s*\(\s*([A-Za-z](?:\s*,\s*[A-Za-z])*)\s*\)")
+
+
+def _same_role(pl: str, pr: str, gl: str, gr: str) -> bool:
+    """Whether two assignments name the same thing differently: a function of the right side's
+    variables (``f(x) = 2x + 3``) and a plain name for its value (``y = 2x + 3``), or two functions of
+    the same arguments. Never two plain names (``x = 2t`` and ``y = 2t`` are two coordinates)."""
+    calls = [_FUNCTION_NAME_RE.fullmatch(x.strip()) for x in (pl, gl)]
+    if not any(calls):
+        return False
+    args = {frozenset(_LETTER_RE.findall(c.group(2))) for c in calls if c}
+    if len(args) != 1:
+        return False
+    (arg_set,) = args
+    names = {c.group(1) if c else x.strip() for c, x in zip(calls, (pl, gl))}
+    if not all(len(n) == 1 and n not in arg_set for n in names):
+        return False  # a plain name that is no single letter (x_1, y'), or one of the arguments
+    for side in (pr, gr):
+        letters = set(_LETTER_RE.findall(_COMMAND_RE.sub("", side)))
+        if not letters or not letters <= arg_set:
+            return False  # a constant, or other unknowns on the right
+    return True
+
+
+def _is_derivative(lhs: str) -> bool:
+    """Whether an assigned name is a derivative: ``f'(x)``, ``y''``, ``f^{\\prime}(x)``."""
+    return "'" in lhs or "\\prime" in lhs
+
+
 def _is_constant(s: str) -> bool:
     """No variables: only digits, operators and LaTeX commands (\\frac, \\sqrt, \\pi)."""
     return not _LETTER_RE.search(_COMMAND_RE.sub("", s))
@@ -148,6 +183,23 @@ def _tuple(s: str) -> list[str] | None:
         return None
     items = _split_top(s[1:-1], ",")
     return items if len(items) >= 2 and all(items) else None
+
+
+_RELATION_RE = re.compile(r"<|>|\\le\b|\\ge\b")
+
+
+def _alternatives(s: str) -> list[str]:
+    """The forms of an answer stated twice: ``a \\approx b``, or a relation and its set joined by
+    a colon (``-1<x \\le 1:(-1,1]``, as college_math writes them); [] for any other answer."""
+    if "\\approx" in s:
+        return [x.strip() for x in s.split("\\approx") if x.strip()]
+    if ":" in s and _RELATION_RE.search(s):
+        parts = _split_top(s, ":")
+        if len(parts) == 2 and all(parts):
+            relation, values = parts
+            if _RELATION_RE.search(relation) and (values[0] in "([" or "\\cup" in values):
+                return parts
+    return []
 
 
 def _too_complex(s: str) -> bool:
@@ -200,7 +252,66 @@ def _math_verify(gold: str, pred: str) -> bool:
         gu, pu = _unknowns(g[0]), _unknowns(p[0])
         if gu is not None and pu is not None and gu != pu:
             return False
-        return bool(verify(g, p, timeout_seconds=None))
+        if "i" in gold or "i" in pred:
+            same = _complex_equal(g[0], p[0])
+            if same is not None:
+                return same
+        if verify(g, p, timeout_seconds=None):
+            return True
+        gs, ps = (
+            _relation_as_set(g[0], p[0], _ONLY_OR_RE.search(gold)),
+            _relation_as_set(p[0], g[0], _ONLY_OR_RE.search(pred)),
+        )
+        if gs is None and ps is None:
+            return False
+        # "-2 \le x \le 7" against "[-2, 7]": the values the relation allows, as a set
+        return bool(
+            verify([gs] if gs is not None else g, [ps] if ps is not None else p, timeout_seconds=None)
+        )
+
+
+def _complex_equal(a, b) -> bool | None:
+    """Two complex numbers written with ``i`` (``i(2-i)`` and ``1+2i``): their difference, with ``i``
+    as the imaginary unit, is zero (to 1e-6 relative where a decimal is written); None unless both
+    sides are constants in ``i`` alone."""
+    from sympy import Expr, Float, I, nsimplify, simplify
+
+    if not (isinstance(a, Expr) and isinstance(b, Expr)):
+        return None
+    # the parser's i is a symbol, and not always with one set of assumptions: every symbol named i
+    unknowns = a.free_symbols | b.free_symbols
+    if not unknowns or {x.name for x in unknowns} != {"i"}:
+        return None
+    a, b = a.subs({x: I for x in unknowns}), b.subs({x: I for x in unknowns})
+    if a.has(Float) or b.has(Float):
+        av, bv = complex(a.evalf()), complex(b.evalf())
+        return abs(av - bv) <= max(1e-9, 1e-6 * max(abs(av), abs(bv)))
+    return simplify(nsimplify(a - b)) == 0
+
+
+_ONLY_OR_RE = re.compile(
+    r"^(?:(?!\band\b|,).)*\bor\b(?:(?!\band\b|,).)*$", re.DOTALL
+)  # "a or b", no "and" or ","
+
+
+def _relation_as_set(expr, other, either: bool):
+    """The set of values ``expr`` allows (an inequality, a chain, inequalities joined by "or", in one
+    unknown) when ``other`` is a set (an interval, a union); else None. ``either``: the relations
+    were joined by "or" only (the parser returns relations joined by "and" or commas the same way)."""
+    from sympy import And, FiniteSet, Or, Set
+    from sympy.core.function import AppliedUndef
+    from sympy.core.relational import Relational
+
+    if not isinstance(other, Set) or isinstance(other, FiniteSet):  # an interval or a union, not {1, 2}
+        return None
+    if isinstance(expr, FiniteSet) and either and expr and all(isinstance(x, Relational) for x in expr):
+        expr = Or(*expr)  # "x < -2 or x > 7" is parsed as the set of its two relations
+    if not isinstance(expr, (Relational, And, Or)) or len(expr.free_symbols) != 1 or expr.atoms(AppliedUndef):
+        return None  # not in one unknown, or about a function's values (0 < f(x) < 1)
+    try:
+        return expr.as_set()
+    except (NotImplementedError, TypeError, ValueError):  # SymPy cannot solve it: no set
+        return None
 
 
 def _unknowns(expr) -> frozenset | None:
@@ -234,8 +345,8 @@ def _match(p: str, g: str, percent: bool) -> bool:
     if pn is not None and gn is not None:
         return numbers_equal(p, g, pn, gn, percent)
     for side, other, side_is_pred in ((p, g, True), (g, p, False)):
-        parts = [x.strip() for x in side.split("\\approx") if x.strip()] if "\\approx" in side else []
-        if parts:  # "1/3 \approx 0.33": what either side of the approximation matches
+        parts = _alternatives(side)
+        if parts:  # "1/3 \approx 0.33", "-1 < x \le 1 : (-1, 1]": what either form matches
             return any(
                 _match(x, other, percent) if side_is_pred else _match(other, x, percent) for x in parts
             )
@@ -245,6 +356,10 @@ def _match(p: str, g: str, percent: bool) -> bool:
         if _is_target(pl) and _is_target(gl):  # two assignments
             if key(pl) == key(gl) and not (_names_in(pr, pl) or _names_in(gr, gl)):
                 return _match(pr, gr, percent)  # y = f vs y = g: f = g (also where f is a vector)
+            if _same_role(pl, pr, gl, gr):
+                return _match(pr, gr, percent)  # y = 2x + 3 vs f(x) = 2x + 3
+            if _is_derivative(pl) != _is_derivative(gl):
+                return False  # f'(x) = 2x is not f(x) = 2x (Math-Verify's parser drops the prime)
             if _is_constant(pr) and _is_constant(gr):
                 return False  # x = 5 vs y = 5 differ
         return _math_verify(g, p)
@@ -260,6 +375,12 @@ def _match(p: str, g: str, percent: bool) -> bool:
     pi, gi = list_items(p), list_items(g)
     if 1 < len(gi) <= MAX_LIST_ITEMS and len(pi) == len(gi):
         return _same_items(pi, gi, percent)
+    if len(pi) != len(gi) and max(len(pi), len(gi)) <= MAX_LIST_ITEMS:
+        longer, shorter = (pi, gi) if len(pi) > len(gi) else (gi, pi)
+        if len({key(x) for x in longer}) == len(shorter) and not any(_tuple(x) for x in longer):
+            # "1, 1, 2" is not "1, 2": a number listed twice is a double root. (A solution tuple
+            # listed twice is one solution written twice, as Math-Verify's tables read it.)
+            return False
     if (pn is not None and WORDS_RE.fullmatch(g)) or (gn is not None and WORDS_RE.fullmatch(p)):
         return False  # a number is never a word
     return _math_verify(g, p)
@@ -269,6 +390,10 @@ def answers_match(pred: str, gold: str) -> bool:
     """Whether the extracted answer ``pred`` equals ``gold`` (both answer strings, not responses)."""
     both = pred + gold
     percent = "%" in both or ("p" in both and ("percent" in both or "pct" in both))
+    pu, gu = number_and_unit(pred), number_and_unit(gold)
+    if pu and gu and pu[1] == gu[1]:  # "0.6400 N" and "0.64N": one unit on both sides, the numbers compared
+        pn, gn = plain_number(pu[0]), plain_number(gu[0])
+        return numbers_equal(pu[0], gu[0], pn, gn, percent)
     p, g = normalize_answer(pred), normalize_answer(gold)
     for a, b in ((p, g), (g, p)):  # "1,22" written with a decimal comma against "1.22"
         if DECIMAL_COMMA_RE.fullmatch(a) and "." in b and plain_number(b) is not None:

@@ -8,7 +8,12 @@ Order, following the paper's protocol (Qwen2.5-Math's parser) with Math-Verify's
 3. the last answer phrase (``final answer is``, ``the answer is``, ``Answer:``, ``**Final Answer:**``,
    ``####``), reduced to its math: ``The volume is $120$.`` and ``The volume is 120.`` give ``120``;
 4. whichever ends later: the last math span or bare ``\\frac{a}{b}`` (``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]``, joined with
-   the spans just before it by ``,``/``and``/``or``) or, with ``numeric_fallback``, the last number.
+   the spans just before it by ``,``/``and``/``or``), a last line that is bare math (``x = 2``,
+   ``[-2, 7]``, ``2\\sqrt{3}``: no words, no delimiters) or, with ``numeric_fallback``, the last number
+   (the whole expression when that number is a factor or term of one: ``2(1 + 2) * 3``, not ``3``).
+
+A response that thinks first (``<think>...</think>``) states its answer after the thinking: only that
+part is read, unless nothing follows the thinking.
 
 Work is linear in the text: boxes must close within ``BOX_SCAN_CHARS``, and steps 1, 3 and 4 read
 only the last ``TAIL_CHARS`` characters. Nothing here evaluates anything.
@@ -26,8 +31,9 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
 _TOKEN_RE = re.compile(r"[^\s$.,;]+")
 _MINERVA_RE = re.compile(r"final answer is\s*\$(?P<x>(?:\\\$|[^$])+?)\$\s*\.?\s*I hope", re.IGNORECASE)
 _PHRASE_RE = re.compile(
-    r"final\s+answer\s*(?:\*\*)?\s*(?:is\b|:)|\banswer\s*(?:\*\*)?\s*(?:is\b|:)|\*\*final answer\*\*|####",
-    re.IGNORECASE,
+    r"final\s+answer\s*(?:\*\*)?\s*(?:is\b|:)|\banswer\s*(?:\*\*)?\s*(?:is\b|:)|\*\*final answer\*\*|####"
+    r"|^[ \t]*#{1,6}[ \t]*(?:final[ \t]+)?answer[ \t]*:?[ \t]*$",  # a header line ("# Answer", PRM800K)
+    re.IGNORECASE | re.MULTILINE,
 )
 # Math spans; inline ones stay on one line (Math-Verify's rule), display ones may span lines.
 MATH_SPAN_RE = re.compile(
@@ -54,6 +60,19 @@ _CONNECTOR_RE = re.compile(
 )
 _VERB_RE = re.compile(r"\b(?:is|are|was|were|equals|be)\b", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\bI hope\b")
+
+
+_THINK_END = "</think>"
+
+
+def final_part(text: str) -> str:
+    """The part of ``text`` that states its answer: what follows the last ``</think>`` when anything
+    does (a box inside the thinking is a draft), else the whole text."""
+    i = text.rfind(_THINK_END)
+    if i < 0:
+        return text
+    after = text[i + len(_THINK_END) :]
+    return after if after.strip() else text
 
 
 def is_connector(gap: str) -> bool:
@@ -180,12 +199,13 @@ def _outside_math(line: str) -> list[tuple[int, int]]:
     return out
 
 
-def _reduce_phrase(rest: str, numeric: bool) -> str | None:
-    """The answer in the text that follows an answer phrase."""
+def _reduce_phrase(rest: str, numeric: bool, words: bool = False) -> str | None:
+    """The answer in the text that follows an answer phrase; ``words``: the whole sentence, with the
+    words around its math kept (delimiters dropped)."""
     rest = rest.lstrip(" \t*:")
     if rest.startswith("\n"):
         rest = rest.lstrip()
-    if _MATH_OPEN_RE.match(rest):
+    if _MATH_OPEN_RE.match(rest) and not words:
         run = _first_math_run(rest)
         if run:
             return run
@@ -197,9 +217,9 @@ def _reduce_phrase(rest: str, numeric: bool) -> str | None:
             line = line[: m.start()]
             break
     line = line.strip().strip("*").strip()
-    verbs = [m for a, b in _outside_math(line) for m in _VERB_RE.finditer(line, a, b)]
-    if verbs:  # "The volume of $V$ is 120" -> "120"
-        line = line[verbs[-1].end() :].strip()
+    if words:  # the whole sentence ("$n$ is a power of $2$"); worded_answer also cuts at its verb
+        return strip_delimiters(line).rstrip(".").strip() or None
+    line = after_last_verb(line)
     run = _first_math_run(line) if _MATH_OPEN_RE.match(line) else None
     if run is None and MATH_SPAN_RE.search(line):
         found = _last_math_run(line)
@@ -212,7 +232,13 @@ def _reduce_phrase(rest: str, numeric: bool) -> str | None:
     return answer or None
 
 
-def _phrase_answer(tail: str, numeric: bool) -> str | None:
+def after_last_verb(line: str) -> str:
+    """What follows the last verb outside math in ``line``: "The volume of $V$ is 120" -> "120"."""
+    verbs = [m for a, b in _outside_math(line) for m in _VERB_RE.finditer(line, a, b)]
+    return line[verbs[-1].end() :].strip() if verbs else line
+
+
+def _phrase_answer(tail: str, numeric: bool, words: bool = False) -> str | None:
     # The last phrase wins. Every phrase holds "answer" or "####": scan from just before the last of
     # those first (a cheap string search), then, if that gives nothing, the whole tail.
     low = tail.lower() if tail.isascii() else None
@@ -221,7 +247,7 @@ def _phrase_answer(tail: str, numeric: bool) -> str | None:
         return None
     for start in (max(0, last - 24), 0):
         for m in reversed(list(_PHRASE_RE.finditer(tail, start))):
-            found = _reduce_phrase(tail[m.end() :], numeric)
+            found = _reduce_phrase(tail[m.end() :], numeric, words)
             if found:
                 return found
         if start == 0:
@@ -243,14 +269,107 @@ def stated_answer(text: str) -> str | None:
     return _minerva(tail) or _phrase_answer(tail, numeric=False)
 
 
-def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:
+_DELIMITER_RE = re.compile(r"\$|\\[()\[\]]")
+
+
+def strip_delimiters(s: str) -> str:
+    """``s`` without math delimiters (``$``, ``\\(``, ``\\[`` and their ends)."""
+    return _DELIMITER_RE.sub("", s) if "$" in s or "\\" in s else s
+
+
+# A bare line of math: short, no word of two letters once commands are dropped, no delimiter; it
+# does not start or end with an operator (a line that continues or breaks off a computation).
+_COMMAND_NAME_RE = re.compile(r"\\[A-Za-z]+")
+_TWO_LETTERS_RE = re.compile(r"[A-Za-z]{2}")
+_BARE_LINE_CHARS = 80
+_LINE_LABEL_RE = re.compile(r"^[A-Za-z]{1,12}\s*:\s*")  # "A: 540" (a question-and-answer label)
+
+
+def _bare_last_line(tail: str) -> tuple[int, str] | None:
+    """(end, text) of the last non-empty line of ``tail`` when it is bare math (module doc, step 4)."""
+    end = len(tail.rstrip())
+    start = tail.rfind("\n", 0, end) + 1
+    line = tail[start:end].strip().strip("*").strip().rstrip(".").strip()
+    label = _LINE_LABEL_RE.match(line)
+    if label:
+        start, line = start + label.end(), line[label.end() :].strip("*").strip()
+    if not line or len(line) > _BARE_LINE_CHARS or _DELIMITER_RE.search(line):
+        return None
+    if line[0] in "=+*/^<>:;,." or line[-1] in "=+-*/^<>:;,({\\" or line.endswith("\\cdot"):
+        return None
+    if _TWO_LETTERS_RE.search(_COMMAND_NAME_RE.sub(" ", line)):
+        return None
+    if not any(c.isdigit() or c in "\\=" for c in line):
+        return None
+    return end, line
+
+
+# What may surround a number inside one arithmetic expression (on its line).
+_ARITHMETIC_RE = re.compile(r"(?:[\d.()+\-*/^×·]|\\times|\\cdot|[ \t])+")
+_OPERATOR_RE = re.compile(r"(?<=[\d)\s])\s*(?:[-+*/^×·]|\\times|\\cdot)\s*(?=[\d(.])")
+
+
+def _number_or_expression(tail: str, m: re.Match) -> str:
+    """The number ``m`` found in ``tail``, or the expression it is a factor or term of."""
+    line_start = tail.rfind("\n", 0, m.start()) + 1
+    line_end = tail.find("\n", m.end())
+    line = tail[line_start : len(tail) if line_end < 0 else line_end]
+    at = m.start() - line_start
+    for run in _ARITHMETIC_RE.finditer(line):
+        if run.start() <= at < run.end():
+            expr = run.group(0).strip().rstrip(".").strip()
+            while expr.startswith("(") and expr.count("(") > expr.count(")"):
+                expr = expr[1:].strip()
+            while expr.endswith(")") and expr.count(")") > expr.count("("):
+                expr = expr[:-1].strip()
+            unfinished = line[run.end() :].lstrip().startswith("=")  # "3 + 4 =": a left side, no answer
+            if expr != m.group(0) and _OPERATOR_RE.search(expr) and not unfinished:
+                return expr
+            break
+    return m.group(0)
+
+
+def worded_answers(text: str) -> list[str]:
+    """The final answer with the words around its math kept (``odd $n$``, ``$f(x) = ax$ for some
+    $a > 0$``), delimiters dropped: the sentence after the last answer phrase (whole, and after its
+    last verb), else the last box and the rest of its sentence, else the last line. For golds that
+    hold words, which are kept whole."""
+    text = final_part(text)
+    tail = text[-TAIL_CHARS:]
+    found = _phrase_answer(tail, numeric=False, words=True)
+    if found:
+        cut = after_last_verb(found)
+        return [found, cut] if cut and cut != found else [found]
+    boxes = [b for b in _boxes(tail) if b[2]]
+    if boxes:
+        _, end, content = boxes[0]
+        rest = tail[end:].split("\n", 1)[0]
+        cut = _SENTENCE_END_RE.search(rest)
+        rest = rest[: cut.start()] if cut else rest
+        found = strip_delimiters(content + rest).strip()
+    else:
+        found = strip_delimiters(tail.strip().rsplit("\n", 1)[-1]).strip().rstrip(".").strip()
+    return [found] if found else []
+
+
+PROTOCOLS = ("sedsft", "qwen")
+
+
+def extract_answer(text: str, *, numeric_fallback: bool = True, protocol: str = "sedsft") -> str | None:
     """The final answer written in ``text`` (module doc for the order), or None when it gives none.
 
     ``numeric_fallback``: the gold is a number, so a bare number in the text may be the answer.
+    ``protocol``: ``"qwen"`` reads as Qwen2.5-Math's parser where sedsft's rules differ: the whole
+    text (a box inside ``<think>`` counts), no bare last line, the last number alone (``3`` in
+    ``2(1 + 2) * 3``).
     """
-    numeric = numeric_fallback
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    numeric, qwen = numeric_fallback, protocol == "qwen"
     if not text:
         return None
+    if not qwen:
+        text = final_part(text)
     tail = text[-TAIL_CHARS:]
     minerva = _minerva(tail)
     if minerva:
@@ -260,15 +379,20 @@ def extract_answer(text: str, *, numeric_fallback: bool = True) -> str | None:
     found = _phrase_answer(tail, numeric)
     if found:
         return found
+    # (end, rank, answer): the latest wins; at one end, a bare line over the number that ends it
     candidates = []
     run = _last_math_run(tail)
     if run:
-        candidates.append(run)
+        candidates.append((run[0], 1, run[1]))
     fracs = list(_BARE_FRAC_RE.finditer(tail))
     if fracs:
-        candidates.append((fracs[-1].end(), fracs[-1].group(0)))
+        candidates.append((fracs[-1].end(), 1, fracs[-1].group(0)))
+    line = None if qwen else _bare_last_line(tail)
+    if line:
+        candidates.append((line[0], 2, line[1]))
     if numeric:
         numbers = list(_NUMBER_RE.finditer(tail))
         if numbers:
-            candidates.append((numbers[-1].end(), numbers[-1].group(0)))
-    return max(candidates)[1] if candidates else None
+            last = numbers[-1]
+            candidates.append((last.end(), 0, last.group(0) if qwen else _number_or_expression(tail, last)))
+    return max(candidates)[2] if candidates else None

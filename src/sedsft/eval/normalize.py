@@ -40,6 +40,11 @@ _MALFORMED = (  # \frac12, \frac1{2}, \frac{1}2, \sqrt3: the braces written out
     (re.compile(r"\\sqrt\s*(\d)"), r"\\sqrt{\1}"),
 )
 _MEMBER_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in\s*")  # "x \in [1, 2]" states the set
+_SET_BUILDER_RE = re.compile(r"^\\\{\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.+?)\s*\\\}$")  # {x | -2 <= x < 1}
+_SCALE_RE = re.compile(
+    r"^([-+]?\d+(?:\.\d+)?)\s*(?:\\text\s*\{\s*)?(thousand|million|billion|trillion)s?\s*\}?$"
+)  # "2.5 million": a number and a word for a power of ten
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _SYNONYMS = (  # (what must be in the text, pattern, replacement)
     (("\\varnothing", "\\O", "\\{"), re.compile(r"\\(?:varnothing|O)\b|\\\{\s*\\\}"), r"\\emptyset"),
     (
@@ -48,7 +53,7 @@ _SYNONYMS = (  # (what must be in the text, pattern, replacement)
         r"(-\\infty,\\infty)",
     ),
     (("infinity",), re.compile(r"\binfinity\b"), r"\\infty"),
-    (("eq",), re.compile(r"\\(ne|le|ge)q\b"), r"\\\1"),
+    (("eq",), re.compile(r"\\(ne|le|ge)q(?:slant)?\b"), r"\\\1"),
 )
 _MALFORMED_ANY_RE = re.compile(r"\\(?:frac|sqrt)\s*\d|\\frac\s*\{[^{}]*\}\s*\d")
 _SPACE_COMMAND_RE = re.compile(r"\\[,;: ]")
@@ -118,6 +123,12 @@ def normalize_answer(text: str) -> str:
     s = s.strip().rstrip(".").strip()
     if _DECIMAL_RE.fullmatch(s):
         return s  # a plain number: nothing below applies
+    if "illion" in s or "thousand" in s:
+        m = _SCALE_RE.match(s)
+        if m:  # the number it states, before the unit rules below drop the word
+            value = Fraction(m.group(1)) * _SCALES[m.group(2)]
+            if value.denominator == 1:
+                return str(value.numerator)
     if _THOUSANDS_RE.match(s):
         return s.replace(",", "").replace(" ", "")
     if latex:
@@ -133,6 +144,10 @@ def normalize_answer(text: str) -> str:
             s = m.group(1).strip()
         if "\\in" in s:
             s = _MEMBER_RE.sub("", s)
+        if s.startswith("\\{"):
+            m = _SET_BUILDER_RE.match(s)
+            if m and m.group(1) in m.group(2):  # the set of the x that satisfy a condition: the condition
+                s = m.group(2)
     if " " in s:
         m = _WORD_UNIT_RE.match(s)
         if m:
@@ -162,6 +177,28 @@ def key(s: str) -> str:
     k = _DIGIT_SPACE_RE.sub(" ", s)  # "1 1" is not 11 (thousands groups are joined earlier)
     k = _OTHER_SPACE_RE.sub("", k)
     return k.lower() if WORDS_RE.fullmatch(s) else k  # words compare case-insensitively
+
+
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_TEXT_ANYWHERE_RE = re.compile(
+    r"\\(?:text|textbf|textit|textnormal|textrm|mbox|mathrm|operatorname)\s*\{([^{}]*)\}"
+)
+
+
+def has_words(s: str) -> bool:
+    """Whether ``s`` holds a word (two letters or more outside LaTeX commands: ``odd n``)."""
+    return _WORD_RE.search(_COMMAND_RE.sub(" ", s)) is not None
+
+
+def words_key(s: str) -> str:
+    """The key of an answer that holds words, the same whichever way its words are written:
+    ``\\text{odd } n``, ``odd $n$`` and ``Odd n`` share one."""
+    s = normalize_answer(s)
+    if "\\" in s:
+        s = _TEXT_ANYWHERE_RE.sub(r" \1 ", s)
+    s = _WORD_RE.sub(lambda m: m.group(0).lower(), s)
+    return key(" ".join(s.split()))
 
 
 # ---- numbers -------------------------------------------------------------------------------------
@@ -195,6 +232,25 @@ def plain_number(s: str) -> Fraction | None:
             return None
         return (-1 if sign == "-" else 1) * Fraction(int(num), int(den))
     return None
+
+
+_NUMBER_UNIT_RE = re.compile(
+    r"([-+]?(?:\d+\.?\d*|\.\d+))\s*(?:\\[,;: !]\s*)*"
+    r"(?:\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*([^{}]*?)\s*\}|([A-Za-z][A-Za-z/.\s]*?))"
+    r"(\^\{?\d\}?)?"
+)
+
+
+def number_and_unit(s: str) -> tuple[str, str] | None:
+    """(number, unit) of an answer that is a decimal number and a unit, glued or not (``0.64N``,
+    ``0.6400 N``, ``5\\text{ cm}^2``); None for anything else."""
+    m = _NUMBER_UNIT_RE.fullmatch(_strip_wrappers(s))
+    if m is None:
+        return None
+    unit = "".join((m.group(2) or m.group(3) or "").split()) + (m.group(4) or "").replace("{", "").replace(
+        "}", ""
+    )
+    return (m.group(1), unit.rstrip(".")) if unit.rstrip(".") else None
 
 
 DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d\d+")  # "1,22" (a list "1,2" has a one-digit item)
