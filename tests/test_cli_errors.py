@@ -2,13 +2,15 @@
 
 A table of cheap failing invocations, one or more per class of problem (meaningless values, conflicting
 or unknown options, an unavailable device, broken YAML, broken or non-UTF-8 data, a model folder
-without a tokenizer, a folder holding something else), run in this process; a few run in a real
-process too (exit status, exactly one stderr line, no traceback).
+without a tokenizer, with truncated weights, without a chat template or needing its own code, a folder
+holding something else), run in this process; a few run in a real process too (exit status, exactly
+one stderr line, no traceback).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ import torch
 from sedsft.cli import main
 
 from .real_cli import one_error_line, run_sedsft
+from .tiny import char_tokenizer, tiny_llama
 
 NO_CUDA_7 = torch.cuda.device_count() <= 7
 
@@ -35,7 +38,24 @@ def files(tmp_path_factory):
     foreign = d / "thesis"
     foreign.mkdir()
     (foreign / "chapter1.tex").write_text("precious")
+    _model_folders(d)
     return d
+
+
+def _model_folders(d):
+    """A good tiny checkpoint, and copies of it with one thing wrong each."""
+    tok = char_tokenizer()
+    tiny_llama(tok).save_pretrained(d / "good")
+    tok.save_pretrained(d / "good")
+    for name in ("truncated", "no_template", "remote_code"):
+        shutil.copytree(d / "good", d / name)
+    weights = d / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short
+    (d / "no_template" / "chat_template.jinja").unlink()  # a base model's tokenizer
+    config = json.loads((d / "remote_code" / "config.json").read_text())
+    config.update(model_type="my_arch", auto_map={"AutoConfig": "my_code.MyConfig"})
+    (d / "remote_code" / "config.json").write_text(json.dumps(config))
+    (d / "remote_code" / "my_code.py").write_text('raise SystemExit("the folder\'s code ran")\n')
 
 
 def _cases():
@@ -140,6 +160,26 @@ def _cases():
         "no tokenizer (calibrate)": (["calibrate", "--model", m, "--data", data], "has no tokenizer"),
         "no tokenizer (sft)": (sft, "has no tokenizer"),
         "no tokenizer (grpo)": (grpo, "has no tokenizer"),
+        "truncated weights (eval)": (
+            [*ev[:2], "{d}/truncated", *ev[3:]],
+            "weights file {d}/truncated/model.safetensors is damaged",
+        ),
+        "truncated weights (sft)": ([*sft[:2], "{d}/truncated", *sft[3:]], "model.safetensors is damaged"),
+        "no chat template (eval)": (
+            [*ev[:2], "{d}/no_template", *ev[3:]],
+            "the tokenizer in {d}/no_template has no chat template",
+        ),
+        "no chat template (grpo)": ([*grpo[:2], "{d}/no_template", *grpo[3:]], "has no chat template"),
+        "no chat template (calibrate)": (
+            ["calibrate", "--model", "{d}/no_template", "--data", data],
+            "has no chat template",
+        ),
+        "remote code (grpo)": (
+            [*grpo[:2], "{d}/remote_code", *grpo[3:]],
+            "ships its own Python code for its model (auto_map in its config); sedsft runs it only with "
+            "--trust_remote_code",
+        ),
+        "remote code (eval)": ([*ev[:2], "{d}/remote_code", *ev[3:]], "only with --trust_remote_code"),
         # output folders
         "foreign folder": (
             ["export-verl", "--data", data, "--output_dir", "{d}/thesis"],
@@ -165,7 +205,9 @@ def test_bad_input_is_one_line(files, capsys, case):
     assert not (files / "out").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("case", ["eval cuda:7", "broken yaml", "no tokenizer (filter)", "non-UTF-8 data"])
+@pytest.mark.parametrize(
+    "case", ["eval cuda:7", "broken yaml", "no tokenizer (filter)", "non-UTF-8 data", "remote code (grpo)"]
+)
 def test_bad_input_in_a_real_process(files, case):
     argv, message = CASES[case]
     if "cuda:7" in argv and not NO_CUDA_7:

@@ -374,12 +374,12 @@ class ModelOptions:
         self.device = check_device(self.device)
 
     def checked(self) -> str:
-        """``model`` once it is a local checkpoint folder with a tokenizer (here or in ``tokenizer``)."""
-        from sedsft.models import check_local_model, check_tokenizer_folder
+        """``model`` once :func:`sedsft.models.check_model` finds it loadable (weights, code, tokenizer)."""
+        from sedsft.models import check_model
 
-        path = check_local_model(self.model)
-        check_tokenizer_folder(self.tokenizer or path, flag="--tokenizer" if self.tokenizer else "--model")
-        return path
+        return check_model(
+            self.model, tokenizer_path=self.tokenizer, trust_remote_code=self.trust_remote_code
+        )
 
 
 @dataclass
