@@ -32,6 +32,10 @@ def files(tmp_path_factory):
     (d / "array.jsonl").write_text('{"question": "q", "answer": "1"}\n[1, 2]\n')
     (d / "broken.yaml").write_text("n: 2\ntemperature: [1\n")
     (d / "unknown.yaml").write_text("n: 2\ntemperatur: 1\n")
+    (d / "bench" / "math500").mkdir(parents=True)  # a benchmark file saved in Latin-1 on line 2
+    (d / "bench" / "math500" / "test.jsonl").write_bytes(
+        b'{"problem": "1+1?", "answer": "2"}\n{"problem": "caf\xe9?", "answer": "3"}\n'
+    )
     model = d / "no_tokenizer"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "llama"}')
@@ -150,6 +154,20 @@ def _cases():
         "array line": (
             [*filt[:3], "--data", "{d}/array.jsonl", *filt[5:]],
             "array.jsonl:2: expected a JSON object per record, got a JSON list",
+        ),
+        "benchmark not UTF-8": (
+            [
+                "eval",
+                "--model",
+                "{d}/good",
+                "--data_dir",
+                "{d}/bench",
+                "--benchmarks",
+                "math500",
+                "--output_dir",
+                out,
+            ],
+            "math500/test.jsonl:2: not UTF-8 text (byte 0xe9 at column 17)",
         ),
         "sft non-UTF-8": (
             [*sft[:3], "--data", "{d}/latin1.jsonl", *sft[5:]],
