@@ -232,3 +232,49 @@ def test_bad_input_in_a_real_process(files, case):
         pytest.skip("this machine has a cuda:7")
     line = one_error_line(run_sedsft(*[a.format(d=files) for a in argv]), argv[0])
     assert message.format(d=files) in line
+
+
+@pytest.fixture(scope="module")
+def eval_run(files, tmp_path_factory):
+    """A finished `sedsft eval` run folder of the tiny model (3 problems, 2 new tokens each)."""
+    data = tmp_path_factory.mktemp("bench")
+    (data / "gsm8k").mkdir()
+    rows = [{"question": f"{i}+1?", "answer": f"#### {i + 1}"} for i in range(3)]
+    (data / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path_factory.mktemp("runs") / "eval"
+
+    def command(output_dir):
+        argv = ["eval", "--model", str(files / "good"), "--data_dir", str(data), "--benchmarks", "gsm8k"]
+        argv += ["--backend", "hf", "--device", "cpu", "--max_new_tokens", "2", "--batch_size", "1"]
+        return [*argv, "--grading_workers", "0", "--progress", "false", "--output_dir", str(output_dir)]
+
+    assert main(command(out)) == 0
+    return command, out
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"question": "q", "response": "r"}', "samples.jsonl:2: not a record of this file (no 'benchmark'"),
+        (
+            '{"benchmark": "gsm8k", "problem_id": "1", "sample_index": "0"}',
+            "no 'sample_index' field of type int",
+        ),
+        ('{"benchmark": "gsm8k", "probl', "samples.jsonl:2: corrupt JSONL record"),
+        ("[1, 2]", "samples.jsonl:2: a JSON object per line, got list"),
+    ],
+)
+def test_a_damaged_sample_log_is_one_line_and_kept(eval_run, tmp_path, capsys, line, message):
+    command, finished = eval_run
+    out = tmp_path / "eval"
+    shutil.copytree(finished, out)
+    (out / "results.md").unlink()  # so the rerun reads the samples again
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text("\n".join([lines[0], line, *lines[2:]]) + "\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(command(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sedsft eval: error: "), err
+    assert message in err[0] and "remove or fix that line" in err[0], err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written or lost

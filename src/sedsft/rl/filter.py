@@ -107,7 +107,7 @@ def render(tokenizer, prompt: RLPrompt) -> str:
 
 def _read_log(log: JsonlLog, n: int) -> dict[str, dict]:
     done = {}
-    for record in log.records():
+    for record in log.records(fields={"key": str}):
         if record.get("n") != n:
             raise UserError(
                 f"{log.path} was written with n={record.get('n')} samples per prompt, this run asks n={n}; "
