@@ -278,3 +278,24 @@ def test_a_damaged_sample_log_is_one_line_and_kept(eval_run, tmp_path, capsys, l
     assert len(err) == 1 and err[0].startswith("sedsft eval: error: "), err
     assert message in err[0] and "remove or fix that line" in err[0], err[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written or lost
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton kernels run on this machine's GPU")
+@pytest.mark.parametrize("loss_impl", ["fused", "logits"])  # tau's calibration runs on the fused engine too
+def test_triton_where_it_cannot_run_is_refused_at_config(files, capsys, monkeypatch, loss_impl):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests' interpreter is not a user's machine
+    argv = [
+        "sft",
+        "--model",
+        f"{files}/good",
+        "--data",
+        f"{files}/data.jsonl",
+        "--output_dir",
+        f"{files}/out",
+    ]
+    assert main([*argv, "--fused_impl", "triton", "--loss_impl", loss_impl]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "sedsft sft: error: --fused_impl: impl='triton' cannot run here"
+    )
+    assert not (files / "out").exists()
