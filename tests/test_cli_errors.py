@@ -36,6 +36,10 @@ def files(tmp_path_factory):
     (d / "bench" / "math500" / "test.jsonl").write_bytes(
         b'{"problem": "1+1?", "answer": "2"}\n{"problem": "caf\xe9?", "answer": "3"}\n'
     )
+    (d / "bench" / "gsm8k").mkdir()
+    (d / "bench" / "gsm8k" / "test.jsonl").write_text(
+        json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n"
+    )
     model = d / "no_tokenizer"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "llama"}')
@@ -198,7 +202,56 @@ def _cases():
             "--trust_remote_code",
         ),
         "remote code (eval)": ([*ev[:2], "{d}/remote_code", *ev[3:]], "only with --trust_remote_code"),
-        # output folders
+        # output folders and files whose parent is a file
+        "calibrate output under a file": (
+            ["calibrate", "--model", m, "--data", data, "--output", "{d}/data.jsonl/tau.json"],
+            "--output {d}/data.jsonl/tau.json: {d}/data.jsonl is a file, so nothing can be made in it",
+        ),
+        "demo cache_dir under a file": (
+            ["demo", "--quick", "--output_dir", out, "--cache_dir", "{d}/data.jsonl/cache"],
+            "--cache_dir {d}/data.jsonl/cache: {d}/data.jsonl is a file",
+        ),
+        "demo output_dir under a file": (
+            ["demo", "--quick", "--output_dir", "{d}/data.jsonl/demo", "--cache_dir", "{d}/cache"],
+            "--output_dir {d}/data.jsonl/demo: {d}/data.jsonl is a file",
+        ),
+        "eval output_dir under a file": (
+            [
+                *ev[:2],
+                "{d}/good",
+                "--output_dir",
+                "{d}/data.jsonl/x",
+                "--data_dir",
+                "{d}/bench",
+                "--benchmarks",
+                "gsm8k",
+            ],
+            "--output_dir {d}/data.jsonl/x: {d}/data.jsonl is a file",
+        ),
+        "eval responses output_dir under a file": (
+            ["eval", "--responses", data, "--output_dir", "{d}/data.jsonl/x", "--grading_workers", "0"],
+            "{d}/data.jsonl is a file",
+        ),
+        "sft output_dir under a file": (
+            [*sft[:2], "{d}/good", *sft[3:5], "--output_dir", "{d}/data.jsonl/x", "--use_cpu"],
+            "{d}/data.jsonl is a file",
+        ),
+        "grpo output_dir under a file": (
+            [*grpo[:2], "{d}/good", *grpo[3:5], "--output_dir", "{d}/data.jsonl/x", *grpo[7:]],
+            "{d}/data.jsonl is a file",
+        ),
+        "export-verl output_dir under a file": (
+            ["export-verl", "--data", data, "--output_dir", "{d}/data.jsonl/x"],
+            "{d}/data.jsonl is a file",
+        ),
+        "topk output_dir under a file": (
+            [*topk[:3], "{d}/good", *topk[4:6], "--output_dir", "{d}/data.jsonl/x"],
+            "{d}/data.jsonl is a file",
+        ),
+        "output_dir is a file": (
+            ["export-verl", "--data", data, "--output_dir", data],
+            "--output_dir {d}/data.jsonl is a file, not a folder",
+        ),
         "foreign folder": (
             ["export-verl", "--data", data, "--output_dir", "{d}/thesis"],
             "thesis is not empty (chapter1.tex, ...) and holds no sedsft run",

@@ -3,6 +3,8 @@
 Long jobs (evaluation, filtering, sweeps, the demo) write each finished unit of work as one JSONL line
 as soon as it is done, and on restart read back what is already there. Whole-file outputs (metrics,
 reports, configs) are written atomically: to a temporary file in the same folder, then renamed.
+Every path sedsft will write is checked before the work starts (:func:`check_folder_path`,
+:func:`check_file_path`): a file where a folder must go is one line, not an error after the work.
 """
 
 from __future__ import annotations
@@ -18,6 +20,39 @@ from sedsft.errors import UserError
 
 # what to do about a bad line of a log: removing it costs only the work it recorded, redone on resume
 _MEND = "remove or fix that line (a resumed run redoes what it held)"
+
+
+def check_folder_path(path: str | os.PathLike, *, flag: str) -> Path:
+    """``path`` if sedsft can write a folder there: it is a folder, or it can be made (no file in the way)."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    _check_parents(p, path, flag)
+    return p
+
+
+def check_file_path(path: str | os.PathLike, *, flag: str) -> Path:
+    """``path`` if sedsft can write a file there: not a folder, and its folder is or can be made."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path, e.g. {p / 'out.json'}")
+    _check_parents(p, path, flag)
+    return p
+
+
+def _check_parents(p: Path, given, flag: str) -> None:
+    for parent in p.absolute().parents:  # nearest first: the first that exists decides
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise UserError(
+                f"{flag} {given}: {parent} is a file, so nothing can be made in it; choose another {flag}"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(
+                f"{flag} {given}: cannot write in {parent} (permission denied); choose another {flag}"
+            )
+        return
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from sedsft.errors import UserError
-from sedsft.io import atomic_write_json
+from sedsft.io import atomic_write_json, check_folder_path
 
 MANIFEST = "sedsft_run.json"
 FORMAT = "sedsft-run/1"
@@ -234,8 +234,7 @@ def check_run(output_dir: str | os.PathLike, spec: RunSpec, *, overwrite: bool =
 
 def _judge(out: Path, new: dict, overwrite: bool) -> dict | None:
     """The manifest already in ``out`` (None: none there) if the rule lets ``new`` open it; else a UserError."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder {out} is a file; pass a folder path")
+    check_folder_path(out, flag="--output_dir")  # a file there, or on its way
     path = out / MANIFEST
     if not path.is_file():
         if out.is_dir() and _visible_entries(out):
