@@ -18,7 +18,7 @@ import torch
 from sedsft.cli import main
 
 from .real_cli import one_error_line, run_sedsft
-from .tiny import char_tokenizer, tiny_llama
+from .tiny import CHATML, char_tokenizer, tiny_llama
 
 NO_CUDA_7 = torch.cuda.device_count() <= 7
 
@@ -40,9 +40,6 @@ def files(tmp_path_factory):
     (d / "bench" / "gsm8k" / "test.jsonl").write_text(
         json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n"
     )
-    model = d / "no_tokenizer"
-    model.mkdir()
-    (model / "config.json").write_text('{"model_type": "llama"}')
     foreign = d / "thesis"
     foreign.mkdir()
     (foreign / "chapter1.tex").write_text("precious")
@@ -55,8 +52,15 @@ def _model_folders(d):
     tok = char_tokenizer()
     tiny_llama(tok).save_pretrained(d / "good")
     tok.save_pretrained(d / "good")
-    for name in ("truncated", "no_template", "remote_code"):
+    for name in ("no_tokenizer", "truncated", "no_template", "remote_code", "no_weights", "no_system_turn"):
         shutil.copytree(d / "good", d / name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (d / "no_tokenizer" / name).unlink()
+    (d / "no_weights" / "model.safetensors").unlink()
+    (d / "no_system_turn" / "chat_template.jinja").write_text(  # as Gemma's and Mistral's templates do
+        "{%- if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + CHATML
+    )
     weights = d / "truncated" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short
     (d / "no_template" / "chat_template.jinja").unlink()  # a base model's tokenizer
@@ -201,6 +205,15 @@ def _cases():
             "ships its own Python code for its model (auto_map in its config); sedsft runs it only with "
             "--trust_remote_code",
         ),
+        "no weights (filter)": ([*filt[:2], "{d}/no_weights", *filt[3:]], "has config.json but no weights"),
+        "template refuses a system turn (eval)": (
+            [*ev[:2], "{d}/no_system_turn", *ev[3:]],
+            "refuses a system turn (System role not supported); pass --system_prompt none",
+        ),
+        "template refuses a system turn (sft)": (
+            [*sft[:2], "{d}/no_system_turn", *sft[3:]],
+            "pass --system_prompt none",
+        ),
         "remote code (eval)": ([*ev[:2], "{d}/remote_code", *ev[3:]], "only with --trust_remote_code"),
         # output folders and files whose parent is a file
         "calibrate output under a file": (
@@ -276,9 +289,7 @@ def test_bad_input_is_one_line(files, capsys, case):
     assert not (files / "out").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize(
-    "case", ["eval cuda:7", "broken yaml", "no tokenizer (filter)", "non-UTF-8 data", "remote code (grpo)"]
-)
+@pytest.mark.parametrize("case", ["eval cuda:7", "broken yaml", "no tokenizer (filter)", "non-UTF-8 data"])
 def test_bad_input_in_a_real_process(files, case):
     argv, message = CASES[case]
     if "cuda:7" in argv and not NO_CUDA_7:

@@ -70,7 +70,9 @@ def main(argv: list[str]) -> int:
     from sedsft.models import load_local_model
 
     records = load_records(a.data)
-    path = m.checked()  # before the data is tokenized: a wrong path fails at once
+    path = m.checked(
+        system_prompt=a.system_prompt
+    )  # before the data is tokenized: a wrong path fails at once
     model, tok = load_local_model(
         path,
         tokenizer_path=m.tokenizer,

@@ -373,12 +373,16 @@ class ModelOptions:
         check_choice("dtype", self.dtype, DTYPES)
         self.device = check_device(self.device)
 
-    def checked(self) -> str:
-        """``model`` once :func:`sedsft.models.check_model` finds it loadable (weights, code, tokenizer)."""
+    def checked(self, *, system_prompt: str | None = None) -> str:
+        """``model`` once :func:`sedsft.models.check_model` finds it loadable (weights, code, tokenizer,
+        a chat template that renders the command's ``system_prompt``)."""
         from sedsft.models import check_model
 
         return check_model(
-            self.model, tokenizer_path=self.tokenizer, trust_remote_code=self.trust_remote_code
+            self.model,
+            tokenizer_path=self.tokenizer,
+            trust_remote_code=self.trust_remote_code,
+            system_prompt=system_prompt,
         )
 
 

@@ -44,11 +44,36 @@ def check_local_model(path: str | os.PathLike | None, *, flag: str = "--model") 
     return path
 
 
+# weight files Transformers reads from a folder; a sharded checkpoint lists its shards in *.index.json
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
 def check_weight_files(path: str) -> None:
-    """Refuse a folder whose ``*.safetensors`` files are cut short or not safetensors (header and sizes only)."""
+    """Refuse a folder without weights, with shards its index lists missing, or with ``*.safetensors``
+    files cut short or not safetensors (only their headers and sizes are read)."""
+    import json
+
     from safetensors import SafetensorError, safe_open
 
-    for name in sorted(os.listdir(path)):
+    names = sorted(os.listdir(path))
+    if not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        raise UserError(
+            f"{path} has config.json but no weights (no {', '.join('*' + s for s in WEIGHT_SUFFIXES[:2])} file); "
+            "copy or download the whole checkpoint"
+        )
+    for index in (n for n in names if n.endswith(".index.json")):
+        try:
+            with open(os.path.join(path, index), encoding="utf-8") as f:
+                shards = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{os.path.join(path, index)} is not a shard index ({_first_line(e)})") from None
+        missing = sorted(shards - set(names))
+        if missing:
+            raise UserError(
+                f"{path} lacks {len(missing)} of the {len(shards)} weight shards its {index} lists "
+                f"({missing[0]}, ...); the download is incomplete: download the rest"
+            )
+    for name in names:
         if not name.endswith(".safetensors"):
             continue
         try:
@@ -80,10 +105,12 @@ def check_model(
     tokenizer_path: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     chat_template_path: str | os.PathLike | None = None,
+    system_prompt: str | None = None,
     flag: str = "--model",
 ) -> str:
     """``path`` once everything but the weights' values is known to load: the folder and its weight files,
-    the model's config (custom code needs ``trust_remote_code``), and a tokenizer with a chat template.
+    the model's config (custom code needs ``trust_remote_code``), and a tokenizer with a chat template
+    that renders a prompt (with ``system_prompt``, the command's system turn).
 
     Cheap (no weights are read), so a command calls it before it writes anything."""
     from transformers import AutoConfig
@@ -97,6 +124,7 @@ def check_model(
         tokenizer_path or path,
         trust_remote_code=trust_remote_code,
         chat_template_path=chat_template_path,
+        system_prompt=system_prompt,
         flag="--tokenizer" if tokenizer_path else flag,
     )
     return path
@@ -107,11 +135,13 @@ def load_tokenizer(
     *,
     trust_remote_code: bool = False,
     chat_template_path: str | os.PathLike | None = None,
+    system_prompt: str | None = None,
     flag: str = "--model",
 ):
     """The tokenizer saved in ``path``, with the template of ``chat_template_path`` when given.
 
-    Every sedsft command renders chat prompts, so a tokenizer without a chat template is refused here."""
+    Every sedsft command renders chat prompts, so a tokenizer without a chat template, or one that cannot
+    render a prompt (with ``system_prompt`` when given), is refused here."""
     from transformers import AutoTokenizer
 
     tok_dir = check_tokenizer_folder(path, flag=flag)
@@ -121,7 +151,11 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(
             tok_dir, trust_remote_code=trust_remote_code, local_files_only=True
         )
-    except (OSError, ValueError) as e:  # unreadable or incomplete tokenizer files in the user's folder
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+    ) as e:  # unreadable or incomplete tokenizer files in the user's folder
         raise _load_error("tokenizer", tok_dir, e) from e
     if chat_template_path is not None:
         try:
@@ -134,7 +168,38 @@ def load_tokenizer(
             f"the tokenizer in {tok_dir} has no chat template, and sedsft renders every prompt with one; use "
             f"a chat/instruct model's tokenizer, or save a Jinja chat template as {tok_dir}/chat_template.jinja"
         )
+    check_chat_template(tokenizer, where=tok_dir, system_prompt=system_prompt)
     return tokenizer
+
+
+def check_chat_template(tokenizer, *, where: str, system_prompt: str | None = None) -> None:
+    """Render one prompt, as the commands will: a broken template, or one that refuses a system turn, is
+    one line (with what to change) before any work starts."""
+    from jinja2 import TemplateError
+
+    from sedsft.prompts import build_messages
+
+    def render(system):
+        messages = build_messages("What is 1 + 1?", system_prompt=system)
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    try:
+        render(system_prompt)
+    except TemplateError as e:
+        if system_prompt is not None:
+            try:
+                render(None)
+            except TemplateError:
+                pass
+            else:
+                raise UserError(
+                    f"the chat template of the tokenizer in {where} refuses a system turn ({_first_line(e)}); "
+                    "pass --system_prompt none"
+                ) from None
+        raise UserError(
+            f"the chat template of the tokenizer in {where} cannot render a prompt ({_first_line(e)}); fix it "
+            "or use the model's own"
+        ) from None
 
 
 def _load_error(what: str, path: str, e: BaseException) -> UserError:
@@ -144,7 +209,8 @@ def _load_error(what: str, path: str, e: BaseException) -> UserError:
             f"{path} ships its own Python code for its {what} (auto_map in its config); sedsft runs it only "
             "with --trust_remote_code: read that code first, or use a model Transformers supports"
         )
-    return UserError(f"cannot load the {what} in {path}: {_first_line(e)}")
+    detail = f"its files lack the field {e}" if isinstance(e, KeyError) else _first_line(e)
+    return UserError(f"cannot load the {what} in {path}: {detail}")
 
 
 def torch_dtype(name: str):

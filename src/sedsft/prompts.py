@@ -25,4 +25,15 @@ def render_prompt(tokenizer, question: str, *, system_prompt: str | None = DEFAU
             "use an instruct/chat model's tokenizer or set tokenizer.chat_template"
         )
     messages = build_messages(question, system_prompt=system_prompt)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return apply_template(tokenizer, messages)
+
+
+def apply_template(tokenizer, messages: list[dict]) -> str:
+    """The generation prompt of ``messages``; a template that refuses them (a Jinja error) is a UserError."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError as e:
+        system = " (a system turn? pass --system_prompt none)" if messages[0]["role"] == "system" else ""
+        raise UserError(f"the tokenizer's chat template refuses a prompt: {e}{system}") from None

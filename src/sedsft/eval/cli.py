@@ -123,7 +123,7 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     from sedsft.eval.runner import evaluate, logged_samples, run_spec
     from sedsft.runs import RunSpec, open_run, settings_of
 
-    path = Path(model.checked())  # before any output is written
+    path = Path(model.checked(system_prompt=args.system_prompt))  # before any output is written
     if not args.output_dir:
         raise UserError("--output_dir is required with --model (samples are saved there as they are made)")
     names = parse_names(args.benchmarks)

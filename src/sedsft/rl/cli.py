@@ -54,7 +54,11 @@ def main(argv: list[str]) -> int:
     from sedsft.runs import RunSpec, open_training_run, settings_of, training_settings
 
     # weights, code and chat template, before the run folder is opened
-    model = check_model(model_args.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    model = check_model(
+        model_args.model_name_or_path,
+        trust_remote_code=config.trust_remote_code,
+        system_prompt=script.system_prompt,
+    )
     if not script.dataset_path:
         raise UserError(
             "pass --dataset_path: a local prompt file (e.g. ../shared/data/rl/math_level1_filtered.parquet)"

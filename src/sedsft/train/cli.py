@@ -70,6 +70,7 @@ def main(argv: list[str]) -> int:
         model_args.model_name_or_path,
         trust_remote_code=args.trust_remote_code,
         chat_template_path=args.chat_template_path,
+        system_prompt=args.system_prompt,
     )
     resume = _resume_value(args.resume_from_checkpoint)
     spec = RunSpec(
