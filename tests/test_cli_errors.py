@@ -57,6 +57,10 @@ def _model_folders(d):
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (d / "no_tokenizer" / name).unlink()
     (d / "no_weights" / "model.safetensors").unlink()
+    shutil.copytree(
+        d / "good", d / "stopped_run" / "checkpoint-3"
+    )  # an sft run stopped before its final save
+    (d / "stopped_run" / "checkpoint-3" / "trainer_state.json").write_text("{}")
     (d / "no_system_turn" / "chat_template.jinja").write_text(  # as Gemma's and Mistral's templates do
         "{%- if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
         + CHATML
@@ -204,6 +208,10 @@ def _cases():
             [*grpo[:2], "{d}/remote_code", *grpo[3:]],
             "ships its own Python code for its model (auto_map in its config); sedsft runs it only with "
             "--trust_remote_code",
+        ),
+        "stopped sft run (eval)": (
+            [*ev[:2], "{d}/stopped_run", *ev[3:]],
+            "it holds training checkpoints: pass one, e.g. --model {d}/stopped_run/checkpoint-3",
         ),
         "no weights (filter)": ([*filt[:2], "{d}/no_weights", *filt[3:]], "has config.json but no weights"),
         "template refuses a system turn (eval)": (

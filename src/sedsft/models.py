@@ -39,13 +39,24 @@ def check_local_model(path: str | os.PathLike | None, *, flag: str = "--model") 
             "download from the hub: download the model first, e.g. `hf download <repo> --local-dir <dir>`)"
         )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"{flag} {path} is not a checkpoint folder (no config.json there)")
+        hint = _checkpoint_hint(path)
+        raise UserError(
+            f"{flag} {path} is not a checkpoint folder (no config.json there)" + (f"; {hint}" if hint else "")
+        )
     check_weight_files(path)
     return path
 
 
 # weight files Transformers reads from a folder; a sharded checkpoint lists its shards in *.index.json
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _checkpoint_hint(path: str) -> str | None:
+    """What to pass instead of an sft/grpo run folder stopped before its final save: its last checkpoint."""
+    from sedsft.runs import last_checkpoint
+
+    last = last_checkpoint(path)
+    return f"it holds training checkpoints: pass one, e.g. --model {last}" if last else None
 
 
 def check_weight_files(path: str) -> None:
@@ -57,9 +68,10 @@ def check_weight_files(path: str) -> None:
 
     names = sorted(os.listdir(path))
     if not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        what = _checkpoint_hint(path) or "copy or download the whole checkpoint"
         raise UserError(
-            f"{path} has config.json but no weights (no {', '.join('*' + s for s in WEIGHT_SUFFIXES[:2])} file); "
-            "copy or download the whole checkpoint"
+            f"{path} has config.json but no weights (no {', '.join('*' + s for s in WEIGHT_SUFFIXES[:2])} "
+            f"file); {what}"
         )
     for index in (n for n in names if n.endswith(".index.json")):
         try:
