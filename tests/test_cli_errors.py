@@ -222,6 +222,14 @@ def _cases():
             [*sft[:2], "{d}/no_system_turn", *sft[3:]],
             "pass --system_prompt none",
         ),
+        "lora target the model lacks (sft)": (
+            [*sft[:2], "{d}/good", *sft[3:], "--use_peft", "--lora_target_modules", "qkv_proj"],
+            "name modules of this model, or pass all-linear",
+        ),
+        "lora target the model lacks (grpo)": (
+            [*grpo[:2], "{d}/good", *grpo[3:], "--use_peft", "--lora_target_modules", "wq", "wk"],
+            "--lora_target_modules: Target modules",
+        ),
         "remote code (eval)": ([*ev[:2], "{d}/remote_code", *ev[3:]], "only with --trust_remote_code"),
         # output folders and files whose parent is a file
         "calibrate output under a file": (
@@ -370,4 +378,48 @@ def test_triton_where_it_cannot_run_is_refused_at_config(files, capsys, monkeypa
     assert len(err) == 1 and err[0].startswith(
         "sedsft sft: error: --fused_impl: impl='triton' cannot run here"
     )
+    assert not (files / "out").exists()
+
+
+def test_one_lora_target_by_name_is_found(files):
+    # TRL hands a single target to PEFT as a regex of the full module path, which a plain name never matches
+    from trl import get_peft_config
+
+    from sedsft.models import check_peft_targets
+    from sedsft.train.cli import build_parser
+
+    argv = [
+        "--model",
+        f"{files}/good",
+        "--data",
+        "x",
+        "--output_dir",
+        f"{files}/out",
+        "--use_cpu",
+        "--use_peft",
+    ]
+    _, model_args, _ = build_parser().parse([*argv, "--lora_target_modules", "q_proj"])
+    assert model_args.lora_target_modules == ["q_proj"]
+    check_peft_targets(f"{files}/good", get_peft_config(model_args))  # found: no error
+    _, model_args, _ = build_parser().parse([*argv, "--lora_target_modules", "all-linear"])
+    assert model_args.lora_target_modules == "all-linear"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FlashAttention may run on this machine's GPU")
+def test_flash_attention_on_cpu_is_refused_at_config(files, capsys):
+    argv = [
+        "sft",
+        "--model",
+        f"{files}/good",
+        "--data",
+        f"{files}/data.jsonl",
+        "--output_dir",
+        f"{files}/out",
+    ]
+    assert main([*argv, "--attn_implementation", "flash_attention_2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "sedsft sft: error: --attn_implementation flash_attention_2 runs on CUDA GPUs only; use "
+        "--attn_implementation sdpa here"
+    ]
     assert not (files / "out").exists()

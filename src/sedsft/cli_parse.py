@@ -399,6 +399,17 @@ class TrainModelOptions(ModelConfig):
         },
     )
 
+    def __post_init__(self):
+        from sedsft.models import check_attention
+
+        super().__post_init__()
+        check_attention(self.attn_implementation)
+        # TRL passes one target as a string, which PEFT reads as a regex of the full module path: a plain
+        # name (--lora_target_modules q_proj) would then match nothing; as a list it names the layers
+        one = self.lora_target_modules
+        if isinstance(one, str) and one != "all-linear" and one.replace("_", "").replace(".", "").isalnum():
+            self.lora_target_modules = [one]
+
 
 @dataclass
 class BackendOptions:

@@ -142,6 +142,53 @@ def check_model(
     return path
 
 
+# attention implementations that need a package of their own, and its pip name
+ATTENTION_PACKAGES = {
+    "flash_attention_2": ("flash_attn", "flash-attn"),
+    "flash_attention_3": ("flash_attn_interface", "flash-attn-3"),
+}
+
+
+def check_attention(name: str | None, *, flag: str = "--attn_implementation") -> None:
+    """Refuse an attention implementation this machine cannot run (before any output is written)."""
+    import importlib.util
+
+    import torch
+
+    if name not in ATTENTION_PACKAGES:
+        return
+    module, package = ATTENTION_PACKAGES[name]
+    if not torch.cuda.is_available():
+        raise UserError(f"{flag} {name} runs on CUDA GPUs only; use {flag} sdpa here")
+    if importlib.util.find_spec(module) is None:
+        raise UserError(
+            f"{flag} {name} needs the {package} package (not installed); pip install it or use sdpa"
+        )
+
+
+def check_peft_targets(path: str, peft_config, *, trust_remote_code: bool = False) -> None:
+    """Refuse LoRA target modules the model does not have, on an empty (meta) copy of it: no weights read."""
+    if peft_config is None:
+        return
+    import warnings
+
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from peft.utils.error import NoMatchingPeftModuleError
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    with init_empty_weights(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        try:
+            get_peft_model(model, peft_config)
+        except NoMatchingPeftModuleError as e:
+            raise UserError(
+                f"--lora_target_modules: {_first_line(e)} ({path}); name modules of this model, or pass all-linear"
+            ) from None
+
+
 def load_tokenizer(
     path: str | os.PathLike,
     *,

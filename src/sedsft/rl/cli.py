@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     script, config, model_args, run_options = build_parser().parse(argv)
     from trl import get_peft_config
 
-    from sedsft.models import check_model, load_training_model
+    from sedsft.models import check_model, check_peft_targets, load_training_model
     from sedsft.rl.prompts import load_rl_prompts
     from sedsft.rl.rewards import PooledMathReward, math_reward
     from sedsft.rl.trainer import run_grpo
@@ -59,6 +59,7 @@ def main(argv: list[str]) -> int:
         trust_remote_code=config.trust_remote_code,
         system_prompt=script.system_prompt,
     )
+    check_peft_targets(model, get_peft_config(model_args), trust_remote_code=config.trust_remote_code)
     if not script.dataset_path:
         raise UserError(
             "pass --dataset_path: a local prompt file (e.g. ../shared/data/rl/math_level1_filtered.parquet)"

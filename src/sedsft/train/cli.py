@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     from trl import get_peft_config
 
     from sedsft.data import load_records, to_conversation
-    from sedsft.models import check_model, load_training_model
+    from sedsft.models import check_model, check_peft_targets, load_training_model
     from sedsft.runs import RunSpec, last_checkpoint, open_training_run, training_settings
 
     from .trainer import SEDSFTTrainer
@@ -72,6 +72,7 @@ def main(argv: list[str]) -> int:
         chat_template_path=args.chat_template_path,
         system_prompt=args.system_prompt,
     )
+    check_peft_targets(path, get_peft_config(model_args), trust_remote_code=args.trust_remote_code)
     resume = _resume_value(args.resume_from_checkpoint)
     spec = RunSpec(
         "sft",
