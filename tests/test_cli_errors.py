@@ -31,6 +31,7 @@ def files(tmp_path_factory):
     (d / "latin1.jsonl").write_bytes(b'{"question": "q", "response": "r"}\n{"question": "caf\xe9"}\n')
     (d / "array.jsonl").write_text('{"question": "q", "answer": "1"}\n[1, 2]\n')
     (d / "broken.yaml").write_text("n: 2\ntemperature: [1\n")
+    (d / "broken.jinja").write_text("{% for m in messages %}{{ m.content }")
     (d / "unknown.yaml").write_text("n: 2\ntemperatur: 1\n")
     (d / "bench" / "math500").mkdir(parents=True)  # a benchmark file saved in Latin-1 on line 2
     (d / "bench" / "math500" / "test.jsonl").write_bytes(
@@ -229,6 +230,18 @@ def _cases():
         "lora target the model lacks (grpo)": (
             [*grpo[:2], "{d}/good", *grpo[3:], "--use_peft", "--lora_target_modules", "wq", "wk"],
             "--lora_target_modules: Target modules",
+        ),
+        "broken chat template file (sft)": (
+            [*sft[:2], "{d}/good", *sft[3:], "--chat_template_path", "{d}/broken.jinja"],
+            "the chat template of --chat_template_path {d}/broken.jinja cannot render a prompt",
+        ),
+        "resume from a folder that is no checkpoint (sft)": (
+            [*sft[:2], "{d}/good", *sft[3:], "--resume_from_checkpoint", "{d}/thesis"],
+            "--resume_from_checkpoint {d}/thesis is not a complete checkpoint (no trainer_state.json)",
+        ),
+        "resume from a run folder (grpo)": (
+            [*grpo[:2], "{d}/good", *grpo[3:], "--resume_from_checkpoint", "{d}/stopped_run"],
+            "pass one of its checkpoints, e.g. {d}/stopped_run/checkpoint-3",
         ),
         "remote code (eval)": ([*ev[:2], "{d}/remote_code", *ev[3:]], "only with --trust_remote_code"),
         # output folders and files whose parent is a file

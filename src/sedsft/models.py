@@ -227,13 +227,16 @@ def load_tokenizer(
             f"the tokenizer in {tok_dir} has no chat template, and sedsft renders every prompt with one; use "
             f"a chat/instruct model's tokenizer, or save a Jinja chat template as {tok_dir}/chat_template.jinja"
         )
-    check_chat_template(tokenizer, where=tok_dir, system_prompt=system_prompt)
+    where = (
+        f"--chat_template_path {chat_template_path}" if chat_template_path else f"the tokenizer in {tok_dir}"
+    )
+    check_chat_template(tokenizer, where=where, system_prompt=system_prompt)
     return tokenizer
 
 
 def check_chat_template(tokenizer, *, where: str, system_prompt: str | None = None) -> None:
     """Render one prompt, as the commands will: a broken template, or one that refuses a system turn, is
-    one line (with what to change) before any work starts."""
+    one line (with what to change) before any work starts. ``where`` names the template's source."""
     from jinja2 import TemplateError
 
     from sedsft.prompts import build_messages
@@ -252,11 +255,11 @@ def check_chat_template(tokenizer, *, where: str, system_prompt: str | None = No
                 pass
             else:
                 raise UserError(
-                    f"the chat template of the tokenizer in {where} refuses a system turn ({_first_line(e)}); "
+                    f"the chat template of {where} refuses a system turn ({_first_line(e)}); "
                     "pass --system_prompt none"
                 ) from None
         raise UserError(
-            f"the chat template of the tokenizer in {where} cannot render a prompt ({_first_line(e)}); fix it "
+            f"the chat template of {where} cannot render a prompt ({_first_line(e)}); fix it "
             "or use the model's own"
         ) from None
 

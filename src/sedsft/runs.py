@@ -311,6 +311,18 @@ def open_training_run(args, spec: RunSpec, *, overwrite: bool = False) -> Run:
         return open_run(args.output_dir, spec, overwrite=overwrite and main, main_process=main)
 
 
+def check_checkpoint(path: str | os.PathLike, *, flag: str = "--resume_from_checkpoint") -> str:
+    """``path`` if it is a complete Trainer checkpoint (one with ``trainer_state.json``, written last)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{flag} {path} is not a folder; pass a checkpoint-N folder (or true for the last)")
+    if not (p / "trainer_state.json").is_file():
+        last = last_checkpoint(p)  # the run folder itself was given
+        hint = f"pass one of its checkpoints, e.g. {last}" if last else "pass a complete checkpoint-N folder"
+        raise UserError(f"{flag} {path} is not a complete checkpoint (no trainer_state.json); {hint}")
+    return str(p)
+
+
 def last_checkpoint(folder: str | os.PathLike) -> str | None:
     """The newest complete ``checkpoint-N`` in ``folder`` (Trainer writes ``trainer_state.json`` last)."""
     best, best_step = None, -1

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     from sedsft.models import check_model, check_peft_targets, load_training_model
     from sedsft.rl.prompts import load_rl_prompts
     from sedsft.rl.rewards import PooledMathReward, math_reward
-    from sedsft.rl.trainer import run_grpo
+    from sedsft.rl.trainer import resolve_resume, run_grpo
     from sedsft.runs import RunSpec, open_training_run, settings_of, training_settings
 
     # weights, code and chat template, before the run folder is opened
@@ -64,6 +64,8 @@ def main(argv: list[str]) -> int:
         raise UserError(
             "pass --dataset_path: a local prompt file (e.g. ../shared/data/rl/math_level1_filtered.parquet)"
         )
+    resume = config.resume_from_checkpoint or "auto"  # a new folder has no checkpoint to resume from
+    resolve_resume(config.output_dir, resume)  # a bad checkpoint path, before anything is loaded
     options = {"system_prompt": script.system_prompt, "missing_gold": script.missing_gold}
     train = load_rl_prompts(script.dataset_path, limit=script.max_prompts, **options)
     evaluation = load_rl_prompts(script.eval_dataset_path, **options) if script.eval_dataset_path else None
@@ -100,7 +102,7 @@ def main(argv: list[str]) -> int:
             eval_dataset=evaluation,
             reward_funcs=[reward],
             peft_config=get_peft_config(model_args),
-            resume=config.resume_from_checkpoint or "auto",  # a new folder has no checkpoint to resume from
+            resume=resume,
         )
     run.mark_finished()
     if result.trainer.is_world_process_zero():

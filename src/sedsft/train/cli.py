@@ -38,10 +38,10 @@ def build_parser() -> CommandParser:
 def _resume_value(value):
     if isinstance(value, str) and value.lower() in ("true", "last"):
         return True
-    if isinstance(value, str) and not os.path.isdir(value):
-        raise UserError(
-            f"--resume_from_checkpoint {value!r} is not a checkpoint folder (or pass 'true' for the last)"
-        )
+    if isinstance(value, str):
+        from sedsft.runs import check_checkpoint
+
+        return check_checkpoint(value)
     return value
 
 
