@@ -279,6 +279,6 @@ def test_every_command_refuses_a_folder_of_hidden_files(tmp_path, capsys, monkey
 def test_an_output_folder_under_a_file_is_refused(tmp_path, inputs):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
-    with pytest.raises(UserError, match=rf"cannot make output folder .*: {re.escape(str(a_file))} is a file"):
+    with pytest.raises(UserError, match=rf"{re.escape(str(a_file))} is a file"):
         open_run(a_file / "sub" / "out", spec(*inputs))
     assert a_file.read_text() == "mine"

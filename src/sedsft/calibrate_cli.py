@@ -17,6 +17,7 @@ from sedsft.calibrate import CALIBRATION_FILE, DEFAULT_SEED, CalibrationOptions
 from sedsft.cli_parse import SYSTEM_PROMPT_HELP, CommandParser, ModelOptions, system_prompt_value
 from sedsft.data import OVERFLOW
 from sedsft.errors import UserError, check_choice, check_count
+from sedsft.io import check_file_path
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 # the spellings of earlier versions, now sedsft sft's
@@ -51,6 +52,7 @@ class CalibrateArgs:
             raise UserError(
                 f"--output {self.output} is a folder; give a file path, e.g. {self.output}/{CALIBRATION_FILE}"
             )
+        check_file_path(self.output, flag="--output")
 
 
 def main(argv: list[str]) -> int:
@@ -68,7 +70,9 @@ def main(argv: list[str]) -> int:
     from sedsft.models import load_local_model
 
     records = load_records(a.data)
-    path = m.checked()  # before the data is tokenized: a wrong path fails at once
+    path = m.checked(
+        system_prompt=a.system_prompt
+    )  # before the data is tokenized: a wrong path fails at once
     model, tok = load_local_model(
         path,
         tokenizer_path=m.tokenizer,

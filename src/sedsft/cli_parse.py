@@ -375,13 +375,17 @@ class ModelOptions:
         check_choice("dtype", self.dtype, DTYPES)
         self.device = check_device(self.device)
 
-    def checked(self) -> str:
-        """``model`` once it is a local checkpoint folder with a tokenizer (here or in ``tokenizer``)."""
-        from sedsft.models import check_local_model, check_tokenizer_folder
+    def checked(self, *, system_prompt: str | None = None) -> str:
+        """``model`` once :func:`sedsft.models.check_model` finds it loadable (weights, code, tokenizer,
+        a chat template that renders the command's ``system_prompt``)."""
+        from sedsft.models import check_model
 
-        path = check_local_model(self.model)
-        check_tokenizer_folder(self.tokenizer or path, flag="--tokenizer" if self.tokenizer else "--model")
-        return path
+        return check_model(
+            self.model,
+            tokenizer_path=self.tokenizer,
+            trust_remote_code=self.trust_remote_code,
+            system_prompt=system_prompt,
+        )
 
 
 @dataclass
@@ -396,6 +400,17 @@ class TrainModelOptions(ModelConfig):
             "manifest": False,  # a run input (path and fingerprint)
         },
     )
+
+    def __post_init__(self):
+        from sedsft.models import check_attention
+
+        super().__post_init__()
+        check_attention(self.attn_implementation)
+        # TRL passes one target as a string, which PEFT reads as a regex of the full module path: a plain
+        # name (--lora_target_modules q_proj) would then match nothing; as a list it names the layers
+        one = self.lora_target_modules
+        if isinstance(one, str) and one != "all-linear" and one.replace("_", "").replace(".", "").isalnum():
+            self.lora_target_modules = [one]
 
 
 @dataclass

@@ -3,6 +3,8 @@
 Long jobs (evaluation, filtering, sweeps, the demo) write each finished unit of work as one JSONL line
 as soon as it is done, and on restart read back what is already there. Whole-file outputs (metrics,
 reports, configs) are written atomically: to a temporary file in the same folder, then renamed.
+Every path sedsft will write is checked before the work starts (:func:`check_folder_path`,
+:func:`check_file_path`): a file where a folder must go is one line, not an error after the work.
 """
 
 from __future__ import annotations
@@ -10,9 +12,47 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from sedsft.errors import UserError
+
+# what to do about a bad line of a log: removing it costs only the work it recorded, redone on resume
+_MEND = "remove or fix that line (a resumed run redoes what it held)"
+
+
+def check_folder_path(path: str | os.PathLike, *, flag: str) -> Path:
+    """``path`` if sedsft can write a folder there: it is a folder, or it can be made (no file in the way)."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    _check_parents(p, path, flag)
+    return p
+
+
+def check_file_path(path: str | os.PathLike, *, flag: str) -> Path:
+    """``path`` if sedsft can write a file there: not a folder, and its folder is or can be made."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path, e.g. {p / 'out.json'}")
+    _check_parents(p, path, flag)
+    return p
+
+
+def _check_parents(p: Path, given, flag: str) -> None:
+    for parent in p.absolute().parents:  # nearest first: the first that exists decides
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise UserError(
+                f"{flag} {given}: {parent} is a file, so nothing can be made in it; choose another {flag}"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(
+                f"{flag} {given}: cannot write in {parent} (permission denied); choose another {flag}"
+            )
+        return
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -49,28 +89,42 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def read_jsonl_records(path: str | os.PathLike) -> Iterator[dict]:
+def read_jsonl_records(
+    path: str | os.PathLike, *, fields: Mapping[str, type | tuple] | None = None
+) -> Iterator[dict]:
     """Records of a JSONL log written by :class:`JsonlLog`, skipping a torn last line.
 
     A process killed mid-write can leave one incomplete final line; it is dropped (and rewritten
-    by the resumed job). A malformed line anywhere else is an error: the log was edited or corrupted.
+    by the resumed job). A malformed line anywhere else is a UserError naming file and line: the log
+    was edited or corrupted. So is a line that is not a JSON object, or (with ``fields``, name ->
+    type) a record without one of those fields of that type: a record of another file's layout.
     """
     path = Path(path)
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); {_MEND}") from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as e:
             is_last = all(not rest.strip() for rest in lines[i + 1 :])
             if is_last:
                 return
-            raise ValueError(
-                f"{path}:{i + 1}: corrupt JSONL record ({e.msg}); delete the file to start over"
-            ) from e
+            raise UserError(f"{path}:{i + 1}: corrupt JSONL record ({e.msg}); {_MEND}") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{i + 1}: a JSON object per line, got {type(record).__name__}; {_MEND}")
+        for name, kind in (fields or {}).items():
+            if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
+                kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                raise UserError(
+                    f"{path}:{i + 1}: not a record of this file (no {name!r} field of type {kinds}); {_MEND}"
+                )
+        yield record
 
 
 class JsonlLog:
@@ -96,8 +150,9 @@ class JsonlLog:
             with open(self.path, "r+b") as f:
                 f.truncate(cut)
 
-    def records(self) -> list[dict]:
-        return list(read_jsonl_records(self.path))
+    def records(self, *, fields: Mapping[str, type | tuple] | None = None) -> list[dict]:
+        """Every record (``fields``: as :func:`read_jsonl_records` checks them)."""
+        return list(read_jsonl_records(self.path, fields=fields))
 
     def append(self, record: dict) -> None:
         self.extend([record])

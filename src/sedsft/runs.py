@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from sedsft.errors import UserError
-from sedsft.io import atomic_write_json
+from sedsft.io import atomic_write_json, check_folder_path
 from sedsft.run_lock import LOCK, check_held_by_this_job, lock, unlock
 
 MANIFEST = "sedsft_run.json"
@@ -328,8 +328,7 @@ def read_manifest(out: Path) -> dict | None:
 
 def _judge(out: Path, new: dict, overwrite: bool) -> dict | None:
     """The manifest already in ``out`` (None: none there) if the rule lets ``new`` open it; else a UserError."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder {out} is a file; pass a folder path")
+    check_folder_path(out, flag="--output_dir")  # a file there, or on its way
     old = read_manifest(out)
     if old is None:
         try:
@@ -425,6 +424,18 @@ def open_training_run(args, spec: RunSpec, *, overwrite: bool = False, wait: boo
             return open_run(args.output_dir, spec, overwrite=overwrite, wait=wait)
         check_held_by_this_job(args.output_dir)
         return open_run(args.output_dir, spec, main_process=False)
+
+
+def check_checkpoint(path: str | os.PathLike, *, flag: str = "--resume_from_checkpoint") -> str:
+    """``path`` if it is a complete Trainer checkpoint (one with ``trainer_state.json``, written last)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{flag} {path} is not a folder; pass a checkpoint-N folder (or true for the last)")
+    if not (p / "trainer_state.json").is_file():
+        last = last_checkpoint(p)  # the run folder itself was given
+        hint = f"pass one of its checkpoints, e.g. {last}" if last else "pass a complete checkpoint-N folder"
+        raise UserError(f"{flag} {path} is not a complete checkpoint (no trainer_state.json); {hint}")
+    return str(p)
 
 
 def last_checkpoint(folder: str | os.PathLike) -> str | None:

@@ -73,6 +73,14 @@ def test_parse_names_all_is_the_paper_order():
     assert parse_names("math, gsm8k") == ["math", "gsm8k"]
 
 
+def test_a_folder_name_names_its_benchmark(data_dir):
+    # the shared data keeps the paper's MATH500 in math500/; both names mean the paper's "math"
+    assert parse_names("math500,gsm8k") == ["math", "gsm8k"]
+    assert parse_names("math,math500") == ["math"]
+    assert load("math500", data_dir, limit=2) == load("math", data_dir, limit=2)
+    assert {p.benchmark for p in load("math500", data_dir, limit=2)} == {"math"}
+
+
 @pytest.mark.parametrize("name", ["aime24", "gsm8k", "math"])
 def test_reference_solutions_grade_correct_and_shuffled_golds_do_not(name, data_dir):
     problems = [p for p in load(name, data_dir) if p.reference]

@@ -282,7 +282,7 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
 def _open_run(tool: str, args, model_options: ModelOptions, run_options: RunOptions) -> None:
     from sedsft.runs import RunSpec, open_run, settings_of
 
-    model_options.checked()  # before the run folder is opened
+    model_options.checked(system_prompt=args.system_prompt)  # before the run folder is opened
     spec = RunSpec(
         f"analyze {tool}",
         settings=settings_of(args, model_options),

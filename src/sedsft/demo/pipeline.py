@@ -33,7 +33,7 @@ from pathlib import Path
 from sedsft.demo import stages as st
 from sedsft.demo.config import DemoConfig, Variant
 from sedsft.errors import UserError
-from sedsft.io import JsonlLog, atomic_write_json, read_json
+from sedsft.io import JsonlLog, atomic_write_json, check_folder_path, read_json
 
 STAGES_DIR = "stages"
 
@@ -228,6 +228,8 @@ def run_demo(
         raise UserError("nothing to compare: give at least one objective or one sed lambda")
     out = Path(output_dir)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    check_folder_path(out, flag="--output_dir")  # both before the base model is written to the cache
+    check_folder_path(cache, flag="--cache_dir" if cache_dir is not None else "$SEDSFT_CACHE")
     wall, started = time.perf_counter(), time.time()
     base_dir = build_base_model(cfg.base, cache / "demo-base", rebuild=rebuild_base, progress=progress)
     run = open_run(

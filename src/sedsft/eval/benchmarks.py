@@ -13,7 +13,7 @@ math-evaluation suites (Qwen2.5-Math's). Field names differ per benchmark; this 
 | olympiadbench | olympiadbench | ``context`` + ``question``   | ``final_answer`` joined by ", "       |
 | college_math  | college_math  | ``question``                 | ``answer``                            |
 
-``reference`` keeps the row's own worked solution where the benchmark publishes one (math500,
+A benchmark may also be named by its folder (``math500`` for ``math``). ``reference`` keeps the row's own worked solution where the benchmark publishes one (math500,
 gsm8k, aime24); tests grade it against the gold to check the grader. Golds go through
 :func:`normalize_gold` (also used for RL prompts and rewards), and the rows listed in
 :data:`DATA_DEFECTS` (known errors in the published files) are repaired.
@@ -21,6 +21,7 @@ gsm8k, aime24); tests grade it against the gold to check the grader. Golds go th
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -231,21 +232,33 @@ _LAYOUTS: dict[str, tuple[str, Callable[[str, int, dict], Problem]]] = {
 }
 
 
+# a benchmark's folder name, where it differs from the paper's name, names it too
+ALIASES: dict[str, str] = {folder: name for name, (folder, _) in _LAYOUTS.items() if folder != name}
+
+
+def canonical_name(name: str) -> str:
+    """The paper's name of a benchmark given by that name or by its folder's (``math500`` -> ``math``)."""
+    name = ALIASES.get(name, name)
+    if name not in _LAYOUTS:
+        also = ", ".join(f"{a} (= {n})" for a, n in ALIASES.items())
+        raise UserError(f"unknown benchmark {name!r}; choose from: all, {', '.join(BENCHMARKS)}, or {also}")
+    return name
+
+
 def parse_names(spec: str) -> list[str]:
-    """``"all"`` or a comma-separated list of benchmark names, validated, in the given order."""
-    names = list(BENCHMARKS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in _LAYOUTS]
-    if unknown or not names:
-        raise UserError(
-            f"unknown benchmark {unknown[0] if unknown else spec!r}; choose from: all, {', '.join(BENCHMARKS)}"
-        )
-    return names
+    """``"all"`` or a comma-separated list of benchmark names (or folder names), validated, in the given
+    order, each once, by the paper's names."""
+    given = list(BENCHMARKS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    if not given:
+        raise UserError(f"no benchmark in {spec!r}; choose from: all, {', '.join(BENCHMARKS)}")
+    return list(dict.fromkeys(canonical_name(n) for n in given))
 
 
 def load(name: str, data_dir: str | Path, *, limit: int | None = None) -> list[Problem]:
     """The problems of one benchmark, in file order (the first ``limit`` when given)."""
-    if name not in _LAYOUTS:
-        raise UserError(f"unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS)}")
+    from sedsft.data import read_text
+
+    name = canonical_name(name)
     folder, make = _LAYOUTS[name]
     path = Path(data_dir) / folder / "test.jsonl"
     if not path.is_file():
@@ -253,7 +266,7 @@ def load(name: str, data_dir: str | Path, *, limit: int | None = None) -> list[P
             f"benchmark file {path} not found; point --data_dir at the folder holding {folder}/test.jsonl"
         )
     problems: list[Problem] = []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline=None) as f:  # not UTF-8: file:line:column
         for i, line in enumerate(f):
             if not line.strip():
                 continue

@@ -120,10 +120,10 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     from sedsft.eval.benchmarks import load, parse_names
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.protocol import resolve_sampling
-    from sedsft.eval.runner import evaluate, run_spec
+    from sedsft.eval.runner import evaluate, logged_samples, run_spec
     from sedsft.runs import RunSpec, open_run, settings_of
 
-    path = Path(model.checked())  # before any output is written
+    path = Path(model.checked(system_prompt=args.system_prompt))  # before any output is written
     if not args.output_dir:
         raise UserError("--output_dir is required with --model (samples are saved there as they are made)")
     names = parse_names(args.benchmarks)
@@ -149,6 +149,7 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
         print(f"{out}: this run had finished; its results (--overwrite redoes it):\n")
         print((out / "results.md").read_text(encoding="utf-8"))
         return 0
+    logged_samples(out)  # a damaged samples.jsonl is refused before the (slow) model load
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = evaluate(

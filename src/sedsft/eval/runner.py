@@ -25,9 +25,13 @@ from sedsft.eval.generation import Backend, SamplingConfig
 from sedsft.eval.grader_pool import Grader, check_grading_settings, open_grader
 from sedsft.eval.metrics import BenchmarkMetrics, benchmark_metrics
 from sedsft.eval.protocol import resolve_sampling
-from sedsft.io import JsonlLog, atomic_write_json, atomic_write_text
+from sedsft.io import JsonlLog, atomic_write_json, atomic_write_text, read_jsonl_records
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT, render_prompt
 from sedsft.runs import RunSpec, digest, open_run
+
+SAMPLES = "samples.jsonl"
+# the fields that name a sample in samples.jsonl, and their types
+SAMPLE_KEY = {"benchmark": str, "problem_id": (str, int), "sample_index": int}
 
 # Column titles of Table 1; other benchmarks show their own name.
 DISPLAY_NAMES = {
@@ -97,6 +101,13 @@ def markdown_table(metrics: Mapping[str, BenchmarkMetrics], *, run_name: str = "
             "",
         ]
     )
+
+
+def logged_samples(output_dir: str | Path) -> dict[tuple[str, str, int], dict]:
+    """The samples an evaluation folder holds, by (benchmark, problem_id, sample_index); a damaged
+    ``samples.jsonl`` is a UserError naming its line (the CLI asks before it loads the model)."""
+    records = read_jsonl_records(Path(output_dir) / SAMPLES, fields=SAMPLE_KEY)
+    return {(r["benchmark"], str(r["problem_id"]), r["sample_index"]): r for r in records}
 
 
 def run_spec(
@@ -190,9 +201,8 @@ def evaluate(
             run=run,
         )
         open_run(out, spec, overwrite=overwrite)
-        log = JsonlLog(out / "samples.jsonl")
-        for r in log.records():
-            done[(r["benchmark"], str(r["problem_id"]), int(r["sample_index"]))] = r
+        log = JsonlLog(out / SAMPLES)
+        done = logged_samples(out)
 
     records: dict[str, list[dict]] = {}
     with open_grader(workers=grading_workers, timeout_s=grading_timeout_s) as pool:

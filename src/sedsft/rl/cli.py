@@ -47,18 +47,25 @@ def main(argv: list[str]) -> int:
     script, config, model_args, run_options = build_parser().parse(argv)
     from trl import get_peft_config
 
-    from sedsft.models import check_local_model, check_tokenizer_folder
+    from sedsft.models import check_model, check_peft_targets, load_training_model
     from sedsft.rl.prompts import load_rl_prompts
     from sedsft.rl.rewards import PooledMathReward, math_reward
-    from sedsft.rl.trainer import run_grpo
+    from sedsft.rl.trainer import resolve_resume, run_grpo
     from sedsft.runs import RunSpec, open_training_run, settings_of, training_settings
 
-    model = check_local_model(model_args.model_name_or_path)
-    check_tokenizer_folder(model)
+    # weights, code and chat template, before the run folder is opened
+    model = check_model(
+        model_args.model_name_or_path,
+        trust_remote_code=config.trust_remote_code,
+        system_prompt=script.system_prompt,
+    )
+    check_peft_targets(model, get_peft_config(model_args), trust_remote_code=config.trust_remote_code)
     if not script.dataset_path:
         raise UserError(
             "pass --dataset_path: a local prompt file (e.g. ../shared/data/rl/math_level1_filtered.parquet)"
         )
+    resume = config.resume_from_checkpoint or "auto"  # a new folder has no checkpoint to resume from
+    resolve_resume(config.output_dir, resume)  # a bad checkpoint path, before anything is loaded
     options = {"system_prompt": script.system_prompt, "missing_gold": script.missing_gold}
     train = load_rl_prompts(script.dataset_path, limit=script.max_prompts, **options)
     evaluation = load_rl_prompts(script.eval_dataset_path, **options) if script.eval_dataset_path else None
@@ -76,6 +83,11 @@ def main(argv: list[str]) -> int:
             )
         return 0
 
+    policy, tokenizer = load_training_model(  # the one model loader, as sft's
+        model_args, trust_remote_code=config.trust_remote_code, init_kwargs=config.model_init_kwargs
+    )
+    config.model_init_kwargs = None  # applied above; TRL builds a reference model like the policy
+    tokenizer.padding_side = tokenizer.truncation_side = "left"  # as TRL loads a tokenizer for GRPO
     with contextlib.ExitStack() as stack:
         reward = math_reward
         if script.reward_workers > 0:
@@ -84,12 +96,13 @@ def main(argv: list[str]) -> int:
             )
         result = run_grpo(
             config,
-            model=model,
+            model=policy,
+            tokenizer=tokenizer,
             train_dataset=train,
             eval_dataset=evaluation,
             reward_funcs=[reward],
             peft_config=get_peft_config(model_args),
-            resume=config.resume_from_checkpoint or "auto",  # a new folder has no checkpoint to resume from
+            resume=resume,
         )
     run.mark_finished()
     if result.trainer.is_world_process_zero():

@@ -29,6 +29,7 @@ from pathlib import Path
 from sedsft.errors import UserError, check_count, check_number
 from sedsft.eval.grader_pool import GraderPool, InProcessGrader
 from sedsft.io import JsonlLog
+from sedsft.prompts import apply_template
 from sedsft.rl.prompts import RLPrompt
 
 Grader = Callable[[str, str], bool]  # (response, gold) -> correct
@@ -102,12 +103,12 @@ def render(tokenizer, prompt: RLPrompt) -> str:
     """The generation text of a prompt: the tokenizer's chat template with the assistant turn opened."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise UserError("the model's tokenizer has no chat template; use a chat/instruct checkpoint")
-    return tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+    return apply_template(tokenizer, prompt.messages)
 
 
 def _read_log(log: JsonlLog, n: int) -> dict[str, dict]:
     done = {}
-    for record in log.records():
+    for record in log.records(fields={"key": str}):
         if record.get("n") != n:
             raise UserError(
                 f"{log.path} was written with n={record.get('n')} samples per prompt, this run asks n={n}; "

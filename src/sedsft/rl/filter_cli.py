@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     data_path, out_dir = Path(args.data), Path(args.output_dir)
     records = load_records(data_path)[: args.limit]
     prompts = rl_prompts_from_records(records, system_prompt=args.system_prompt, source=str(data_path))
-    model.checked()  # before the run folder is opened
+    model.checked(system_prompt=args.system_prompt)  # before the run folder is opened
     spec = RunSpec(
         "filter",
         settings=settings_of(args, config, model, backend_options, grading),

@@ -52,7 +52,7 @@ from sedsft.io import atomic_write_bytes
 from sedsft.rl.config import SEDGRPOConfig
 from sedsft.rl.prompts import RLPrompt, to_dataset
 from sedsft.rl.rewards import math_reward
-from sedsft.runs import last_checkpoint
+from sedsft.runs import check_checkpoint, last_checkpoint
 from sedsft.train.callbacks import MetricsLogCallback
 
 logger = logging.getLogger(__name__)
@@ -185,9 +185,7 @@ def resolve_resume(output_dir: str | Path, resume: str | bool | None) -> str | N
         if last is None and resume in (True, "last"):
             raise UserError(f"no checkpoint-* folder in {output_dir} to resume from; drop the resume option")
         return last
-    if not Path(resume).is_dir():
-        raise UserError(f"resume_from_checkpoint {resume} is not a folder; pass a checkpoint-* folder")
-    return str(resume)
+    return check_checkpoint(resume)
 
 
 def _as_dataset(data):

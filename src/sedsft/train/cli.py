@@ -38,10 +38,10 @@ def build_parser() -> CommandParser:
 def _resume_value(value):
     if isinstance(value, str) and value.lower() in ("true", "last"):
         return True
-    if isinstance(value, str) and not os.path.isdir(value):
-        raise UserError(
-            f"--resume_from_checkpoint {value!r} is not a checkpoint folder (or pass 'true' for the last)"
-        )
+    if isinstance(value, str):
+        from sedsft.runs import check_checkpoint
+
+        return check_checkpoint(value)
     return value
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     from trl import get_peft_config
 
     from sedsft.data import load_records, to_conversation
-    from sedsft.models import check_local_model, check_tokenizer_folder, load_training_model
+    from sedsft.models import check_model, check_peft_targets, load_training_model
     from sedsft.runs import RunSpec, last_checkpoint, open_training_run, training_settings
 
     from .trainer import SEDSFTTrainer
@@ -66,8 +66,13 @@ def main(argv: list[str]) -> int:
     eval_records = load_records(args.eval_dataset_path) if args.eval_dataset_path else None
     for record in records + (eval_records or []):
         to_conversation(record, system_prompt=args.system_prompt)  # layout errors, also before the model load
-    path = check_local_model(model_args.model_name_or_path)
-    check_tokenizer_folder(path)
+    path = check_model(  # weights, code and chat template, before the run folder is opened
+        model_args.model_name_or_path,
+        trust_remote_code=args.trust_remote_code,
+        chat_template_path=args.chat_template_path,
+        system_prompt=args.system_prompt,
+    )
+    check_peft_targets(path, get_peft_config(model_args), trust_remote_code=args.trust_remote_code)
     resume = _resume_value(args.resume_from_checkpoint)
     spec = RunSpec(
         "sft",

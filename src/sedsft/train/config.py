@@ -142,6 +142,8 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
             raise UserError(f"--loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
         if self.fused_impl not in IMPLS:
             raise UserError(f"--fused_impl must be one of {IMPLS}, got {self.fused_impl!r}")
+        if self.fused_impl == "triton":  # the loss and the calibration of tau both run on it
+            self._check_triton_runs()
         if self.overflow not in OVERFLOW:
             raise UserError(f"--overflow must be one of {OVERFLOW}, got {self.overflow!r}")
         accepted = self._accepted_options()
@@ -161,6 +163,20 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
                 except (ValueError, TypeError) as e:
                     raise UserError(f"--{name}: {e}") from None
         self._check_calibration_options()
+
+    def _check_triton_runs(self) -> None:
+        """Refuse ``--fused_impl triton`` now where the engine would refuse it at the first step."""
+        import torch
+
+        from sedsft.losses.fused import resolve_impl
+
+        gpu = torch.cuda.is_available() and not self.use_cpu
+        device = torch.device("cuda" if gpu else "cpu")
+        dtype = torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
+        try:
+            resolve_impl("triton", device, dtype, top_k=self.top_k or 1)
+        except ValueError as e:
+            raise UserError(f"--fused_impl: {e}") from None
 
     def _check_calibration_options(self) -> None:
         """A calibration rule must be valid where tau is calibrated, and is refused beside a given --tau.
