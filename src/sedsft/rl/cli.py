@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
 
     from sedsft.models import check_local_model, check_tokenizer_folder
     from sedsft.rl.prompts import load_rl_prompts
-    from sedsft.rl.rewards import PooledMathReward, math_reward
+    from sedsft.rl.rewards import REWARDS, PooledMathReward
     from sedsft.rl.trainer import run_grpo
     from sedsft.runs import RunSpec, open_training_run, settings_of, training_settings
 
@@ -77,8 +77,8 @@ def main(argv: list[str]) -> int:
         return 0
 
     with contextlib.ExitStack() as stack:
-        reward = math_reward
-        if script.reward_workers > 0:
+        reward = REWARDS[script.reward]
+        if script.reward_workers > 0:  # --reward math only (GRPOScriptArguments)
             reward = stack.enter_context(
                 PooledMathReward(workers=script.reward_workers, timeout_s=script.reward_timeout_s)
             )
