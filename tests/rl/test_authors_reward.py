@@ -69,6 +69,8 @@ def test_export_verl_writes_the_chosen_reward(qa_file, tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.REWARD == "authors_boxed"
-    assert module.compute_score("sedsft_math", "so \\boxed{0.5}", "\\frac{1}{2}") == -1.0  # math would say 1.0
+    assert (
+        module.compute_score("sedsft_math", "so \\boxed{0.5}", "\\frac{1}{2}") == -1.0
+    )  # math would say 1.0
     assert module.compute_score("sedsft_math", "so \\boxed{0.5}", "\\frac{1}{2}", reward="math") == 1.0
     assert module.compute_score("sedsft_math", "so \\boxed{7}", "7") == 1.0
