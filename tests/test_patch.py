@@ -13,6 +13,8 @@ from transformers import (
     GemmaForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -30,6 +32,7 @@ ARCHS = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
     "gemma": (GemmaConfig, GemmaForCausalLM),  # scaled embeddings, tied by default
 }
 
@@ -85,10 +88,10 @@ def test_patched_loss_and_grads_equal_objective_on_logits(case, tie, arch):
             torch.testing.assert_close(got[k], want[k], atol=1e-10, rtol=1e-9, msg=k)
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "gemma"])
-def test_more_architectures(arch):
-    """Qwen3 (q/k norms) and Gemma (scaled embeddings, tied head) under SED-SFT."""
-    ref_model = tiny(arch, tie=True)
+@pytest.mark.parametrize("arch, tie", [("qwen3", True), ("mistral", False), ("gemma", True)])
+def test_more_architectures(arch, tie):
+    """Qwen3 (q/k norms), Mistral and Gemma (scaled embeddings, tied head) under SED-SFT."""
+    ref_model = tiny(arch, tie=tie)
     model = copy.deepcopy(ref_model)
     ids, mask, labels = batch(2)
     ref = losses.sed(ref_model(input_ids=ids, attention_mask=mask).logits, labels, tau=0.05)

@@ -1,5 +1,5 @@
 """A plain ``transformers.Trainer`` on a patched model equals ``SEDSFTTrainer``: same tau, data order and seed
-give the same logged losses, the same statistics and the same weights."""
+give the same logged losses, the same statistics, the same weights and the same evaluation."""
 
 from __future__ import annotations
 
@@ -64,3 +64,7 @@ def test_plain_trainer_with_the_patch_equals_sedsft_trainer(tmp_path, tiny_ckpt,
     assert any(not torch.equal(p_plain[k], start[k]) for k in start), "parameters did not change"
     for k in p_ours:
         torch.testing.assert_close(p_plain[k], p_ours[k], atol=2e-6, rtol=1e-5, msg=k)
+    # evaluation: the patched forward gives the loss without logits, the callback the eval_ statistics
+    want_eval, got_eval = ours.evaluate(ours.train_dataset), plain.evaluate(plain.train_dataset)
+    for s in ("loss", *STATS):
+        assert got_eval[f"eval_{s}"] == pytest.approx(want_eval[f"eval_{s}"], abs=1e-6), s
