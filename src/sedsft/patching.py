@@ -17,9 +17,10 @@ else by the kept-token count. Without ``labels`` it is the original forward (gen
 The head is gathered exactly as the trainer gathers it (:func:`sedsft.losses.head.head_inputs`): a ZeRO-3
 or FSDP2 shard is gathered for the loss only and its gradient sent back. Since the loss is computed
 inside the model's forward, DeepSpeed's and FSDP's forward hooks see it as part of that forward. The
-innermost Transformers model is patched, so patching before or after PEFT's ``get_peft_model``, DDP,
-DeepSpeed or accelerate's ``prepare`` gives the same model; a PEFT adapter on the head is refused
-(:func:`sedsft.losses.check_fusable`), a trainable copy (``modules_to_save``) is fused.
+innermost Transformers model is patched, so patching before or after PEFT's ``get_peft_model``, DDP or
+DeepSpeed gives the same model; patch before accelerate's ``prepare`` (its mixed-precision wrapper of
+``forward`` then wraps the patched one, and ``unpatch`` refuses until it is unwrapped). A PEFT adapter on
+the head is refused (:func:`sedsft.losses.check_fusable`), a trainable copy (``modules_to_save``) is fused.
 
 Statistics: every forward with labels adds its sums (mask rate, penalty, gold p, entropy, top-k mass,
 top-1 accuracy: :class:`sedsft.losses.BatchStats`) to the patch, read with ``patched(model).stats()``
@@ -32,7 +33,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor, nn
@@ -112,8 +113,9 @@ def patch(
         if tau is not None:
             raise ValueError("give tau or calibration, not both")
         tau, options = _from_calibration(calibration, options)
-    needs_tau = "tau" in inspect.signature(obj.options_cls).parameters and "tau" not in dict(obj.fixed)
-    if needs_tau:
+    # the options the objective takes, as SEDSFTConfig reads them (a variant's fixed ones excluded)
+    accepted = {f.name for f in fields(obj.options_cls)} - dict(obj.fixed).keys()
+    if "tau" in accepted:
         if tau is None:
             raise ValueError(
                 f"objective {objective!r} needs tau: pass tau=<value> or calibration=<file from sedsft calibrate>"
