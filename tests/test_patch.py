@@ -151,6 +151,22 @@ def test_unpatch_restores_forward_exactly_and_no_labels_is_the_original():
         sedsft.unpatch(model)
 
 
+def test_a_forward_wrapped_after_the_patch_is_kept_and_unpatch_refuses():
+    """As accelerate's prepare does with mixed precision: a wrapper of the patched forward, set on the instance."""
+    model = tiny("llama", tie=True)
+    ids, mask, labels = batch()
+    want = losses.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, labels)
+    sedsft.patch(model, "ce")
+    patched_forward = model.forward
+    model.forward = lambda *args, **kwargs: patched_forward(*args, **kwargs)
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, labels=labels).loss, want)
+    with pytest.raises(ValueError, match="wrapped again"):
+        sedsft.unpatch(model)
+    model.forward = patched_forward  # unwrapped: unpatch restores the class's forward
+    sedsft.unpatch(model)
+    assert "forward" not in vars(model)
+
+
 def test_return_logits_and_hidden_states_when_asked():
     model = tiny("qwen2", tie=False)
     ids, mask, labels = batch()
