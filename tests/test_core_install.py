@@ -1,7 +1,7 @@
 """The lean core: a fresh virtualenv holding sedsft's wheel and only its core dependencies imports
 ``sedsft.losses`` and ``sedsft.patch`` and runs a patched training step, with TRL and the other extras absent.
 
-How the environment is made (a full ``pip install torch && pip install sedsft`` takes about three minutes
+How the environment is made (a full ``pip install torch && pip install sedsft`` takes a few minutes
 here, most of it unpacking torch): sedsft is built into a wheel and pip installs it, without dependencies,
 into a new venv. The venv sees the dependencies through a ``.pth`` file naming a folder of links to the
 already-installed distributions of the *core closure*: the wheel's own ``Requires-Dist`` without extras,
@@ -142,7 +142,7 @@ def test_core_install_runs_a_patched_step_without_the_extras(tmp_path, wheel):
 
 @pytest.mark.skipif(not os.environ.get("SEDSFT_FULL_CORE_INSTALL"), reason="set SEDSFT_FULL_CORE_INSTALL=1")
 def test_full_core_install(tmp_path, wheel):
-    """``python -m venv``, ``pip install torch==2.13.0``, ``pip install sedsft``: about three minutes."""
+    """``python -m venv``, ``pip install torch==2.13.0``, ``pip install sedsft``: a few minutes."""
     venv = tmp_path / "venv"
     assert _run([sys.executable, "-m", "venv", str(venv)]).returncode == 0
     py = str(_venv_python(venv))
