@@ -1,13 +1,15 @@
 # sedsft -- `make demo` sets up and runs the CPU demo; `make test` sets up and runs the tests.
-# Both create (or reuse) the virtual environment .venv. torch is installed first and pinned: on these
-# machines `torch==2.13.0` is the CPU build, while an unpinned torch pulls several GB of CUDA wheels.
+# Both create (or reuse) the virtual environment .venv with every extra (EXTRAS: the command line, the
+# evaluation and the tests; `pip install sedsft` alone is the lean core, docs/dependencies.md).
+# torch is installed first and pinned: on these machines `torch==2.13.0` is the CPU build, while an
+# unpinned torch pulls several GB of CUDA wheels.
 # On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test
+EXTRAS ?= all,test
 STAMP := $(VENV)/.sedsft-installed
 
 export HF_HUB_OFFLINE := 1

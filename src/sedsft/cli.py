@@ -7,6 +7,7 @@ their options with :mod:`sedsft.cli_parse` and open their output folders with :m
 What the user sees when a command stops early:
 - a :class:`~sedsft.errors.UserError` (input to change): ``sedsft <command>: error: <message>``, one
   line on stderr, exit status 2 (``SEDSFT_DEBUG=1`` shows its traceback too);
+- an optional dependency that is not installed: the same one line, naming the extra to install;
 - any other exception is a bug: Python's traceback, exit status 1;
 - Ctrl-C: one line, exit status 130; a second Ctrl-C while it winds down exits at once, quietly.
 """
@@ -20,6 +21,7 @@ import signal
 import sys
 
 from sedsft.errors import UserError
+from sedsft.extras import missing_extra_message
 
 # name -> ("module", "one-line help")
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SEDSFT_DEBUG"):
             raise
         print(f"sedsft {name}: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        # An optional dependency of this command that the core install leaves out: one line naming the extra.
+        message = missing_extra_message(e)
+        if message is None or os.environ.get("SEDSFT_DEBUG"):
+            raise
+        print(f"sedsft {name}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the output went to `| head`, which stopped reading: not an error
         with contextlib.suppress(OSError):

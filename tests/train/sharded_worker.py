@@ -6,6 +6,9 @@ parameters after the steps and what the head looked like after the model's forwa
 empty ZeRO-3 partition or a plain tensor), so the test knows which path ran. :func:`reference` is the
 same run on one process.
 
+The ``patched_*`` variants take the loss from the model's own forward after ``sedsft.patch`` (applied before
+``fully_shard`` / ``deepspeed.initialize``), which must reach the same parameters.
+
 ``python -m tests.train.sharded_worker OUT zero3_trainer MODEL DATA`` (one process: accelerate runs DeepSpeed
 on CPU only as a single process) trains SEDSFTTrainer under ZeRO-3 and writes ``OUT/zero3_trainer.pt``.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import sedsft
 from sedsft.losses import fused_forward_loss
 from sedsft.losses.head import unwrap
 
@@ -32,6 +36,9 @@ FSDP2_VARIANTS = {  # name: (tied embeddings, how fully_shard is applied)
     "tied": (True, "reshard"),  # the head is the (sharded) embedding
 }
 ZERO3_VARIANTS = {"untied": False, "tied": True}
+# the same runs with the loss from a sedsft.patch'ed model's own forward (patched before sharding)
+FSDP2_PATCHED = {"patched_resharded": (False, "reshard"), "patched_tied": (True, "reshard")}
+ZERO3_PATCHED = {"patched_untied": False, "patched_tied": True}
 # and "fsdp1" (untied), run in the fsdp2 launch: see _fsdp1
 
 
@@ -53,13 +60,23 @@ def batches() -> list[dict]:
     return out
 
 
-def _steps(net, opt_step, backward, *, rank: int, world: int) -> str:
+def _patch(net, patched: bool):
+    if patched:
+        options = dict(OPTIONS)
+        sedsft.patch(net, options.pop("objective"), **options)
+    return net
+
+
+def _steps(net, opt_step, backward, *, rank: int, world: int, patched: bool = False) -> str:
     """STEPS updates on rows [rank::world] of each batch; returns the head's type after the first forward."""
     seen = ""
     for batch in batches():
         total = int((batch["labels"][:, 1:] != -100).sum())  # label tokens of the whole step, all ranks
         mine = {k: v[rank::world] for k, v in batch.items()}
-        loss = fused_forward_loss(net, mine, num_items_in_batch=total, **OPTIONS) * world  # ranks average
+        if patched:  # the model's own forward returns the loss
+            loss = net(**mine, num_items_in_batch=total).loss * world
+        else:
+            loss = fused_forward_loss(net, mine, num_items_in_batch=total, **OPTIONS) * world  # ranks average
         head = unwrap(net).get_output_embeddings().weight
         seen = seen or (type(head).__name__ if head.numel() else "empty partition")
         backward(loss)
@@ -85,8 +102,8 @@ def run_fsdp2(rank: int, world: int) -> dict:
     from torch.distributed.tensor import DTensor
 
     out = {}
-    for name, (tied, how) in FSDP2_VARIANTS.items():
-        net = model(tied)
+    for name, (tied, how) in {**FSDP2_VARIANTS, **FSDP2_PATCHED}.items():
+        net = _patch(model(tied), name in FSDP2_PATCHED)
         reshard = {"reshard_after_forward": True} if how == "reshard" else {}
         for layer in net.model.layers:
             fully_shard(layer, **reshard)
@@ -99,7 +116,9 @@ def run_fsdp2(rank: int, world: int) -> dict:
             opt.step()
             opt.zero_grad()
 
-        seen = _steps(net, step, lambda loss: loss.backward(), rank=rank, world=world)
+        seen = _steps(
+            net, step, lambda loss: loss.backward(), rank=rank, world=world, patched=name in FSDP2_PATCHED
+        )
         state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in net.state_dict().items()}
         out[name] = {"head_after_forward": seen, "params": {k: v.detach().clone() for k, v in state.items()}}
     out["fsdp1"] = _fsdp1(rank, world)
@@ -142,12 +161,14 @@ def run_zero3(rank: int, world: int) -> dict:
         "zero_allow_untested_optimizer": True,
     }
     out = {}
-    for name, tied in ZERO3_VARIANTS.items():
-        net = model(tied)
+    for name, tied in {**ZERO3_VARIANTS, **ZERO3_PATCHED}.items():
+        net = _patch(model(tied), name in ZERO3_PATCHED)
         engine, *_ = deepspeed.initialize(
             model=net, optimizer=torch.optim.SGD(net.parameters(), lr=LR), config=config
         )
-        seen = _steps(engine, engine.step, engine.backward, rank=rank, world=world)
+        seen = _steps(
+            engine, engine.step, engine.backward, rank=rank, world=world, patched=name in ZERO3_PATCHED
+        )
         params = list(engine.module.parameters())
         with deepspeed.zero.GatheredParameters(params):
             state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}

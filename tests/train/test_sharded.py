@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .sharded_worker import FSDP2_VARIANTS, ZERO3_VARIANTS, model, reference
+from .sharded_worker import FSDP2_PATCHED, FSDP2_VARIANTS, ZERO3_PATCHED, ZERO3_VARIANTS, model, reference
 from .tiny import torchrun
 from .worker import train
 
@@ -38,6 +38,8 @@ def test_fsdp_two_processes_equal_one(tmp_path):
             "Parameter" if name == "root_unsharded" else "DTensor"
         ), name
         _assert_same(result[name]["params"], refs[tied], model(tied).state_dict())
+    for name, (tied, _) in FSDP2_PATCHED.items():  # sedsft.patch: the loss inside the root's forward
+        _assert_same(result[name]["params"], refs[tied], model(tied).state_dict())
     # FSDP1 (use_orig_params=False, head in the root unit): a view of the unsharded flat parameter
     assert result["fsdp1"]["head_after_forward"] == "Tensor"
     _assert_same(result["fsdp1"]["params"], refs[False], model(False).state_dict())
@@ -46,7 +48,7 @@ def test_fsdp_two_processes_equal_one(tmp_path):
 def test_zero3_two_processes_equal_one(tmp_path):
     pytest.importorskip("deepspeed")
     result = _torchrun(tmp_path, "zero3")
-    for name, tied in ZERO3_VARIANTS.items():
+    for name, tied in {**ZERO3_VARIANTS, **ZERO3_PATCHED}.items():
         assert result[name]["head_after_forward"] == "empty partition", name  # gathered for the loss only
         assert result[name]["head_after_steps"] == "NOT_AVAILABLE", name  # and partitioned again
         _assert_same(result[name]["params"], reference(tied), model(tied).state_dict())

@@ -91,20 +91,32 @@ def hidden_and_head(model: nn.Module, **batch) -> HeadInputs:
     check_fusable(model)
     batch = {k: v for k, v in batch.items() if k not in ("labels", "num_items_in_batch")}
     out = model(**batch, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    hidden = out.hidden_states[-1]  # [B, T, d], after the final norm
-    head = check_fusable(model)  # looked up again: FSDP swaps the parameter objects around forward
+    return head_inputs(model, out.hidden_states[-1])  # [B, T, d], after the final norm
+
+
+def head_inputs(model: nn.Module, hidden: Tensor) -> HeadInputs:
+    """``hidden`` with the model's head weight and bias, gathered whole (ZeRO-3 / FSDP2) for the loss only.
+
+    Called after the model's forward (``hidden_and_head``) or inside it (``sedsft.patch``); the head is
+    looked up then, since FSDP swaps the parameter objects around forward.
+    """
+    head = check_fusable(model)
     weight = full_parameter(head.weight, dim=2, compute_dtype=hidden.dtype)
     return HeadInputs(
         hidden=hidden, weight=weight, bias=full_parameter(head.bias, dim=1, compute_dtype=hidden.dtype)
     )
 
 
-def fused_forward_loss(model: nn.Module, batch: dict, *, objective: str, **kwargs):
-    """``fused_linear`` on a causal LM: the one call a trainer needs."""
+def head_loss(parts: HeadInputs, labels: Tensor, *, objective: str, **kwargs):
+    """``fused_linear`` on ``parts`` (outside autocast: the engine picks its own accumulation dtype)."""
     from .fused import fused_linear
 
-    parts = hidden_and_head(model, **batch)
     with torch.autocast(device_type=parts.hidden.device.type, enabled=False):
         return fused_linear(
-            parts.hidden, parts.weight, batch["labels"], objective=objective, bias=parts.bias, **kwargs
+            parts.hidden, parts.weight, labels, objective=objective, bias=parts.bias, **kwargs
         )
+
+
+def fused_forward_loss(model: nn.Module, batch: dict, *, objective: str, **kwargs):
+    """``fused_linear`` on a causal LM: the one call a trainer needs."""
+    return head_loss(hidden_and_head(model, **batch), batch["labels"], objective=objective, **kwargs)

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
 
     from sedsft.models import check_model, check_peft_targets, load_training_model
     from sedsft.rl.prompts import load_rl_prompts
-    from sedsft.rl.rewards import PooledMathReward, math_reward
+    from sedsft.rl.rewards import REWARDS, PooledMathReward
     from sedsft.rl.trainer import resolve_resume, run_grpo
     from sedsft.runs import RunSpec, open_training_run, settings_of, training_settings
 
@@ -89,8 +89,8 @@ def main(argv: list[str]) -> int:
     config.model_init_kwargs = None  # applied above; TRL builds a reference model like the policy
     tokenizer.padding_side = tokenizer.truncation_side = "left"  # as TRL loads a tokenizer for GRPO
     with contextlib.ExitStack() as stack:
-        reward = math_reward
-        if script.reward_workers > 0:
+        reward = REWARDS[script.reward]
+        if script.reward_workers > 0:  # --reward math only (GRPOScriptArguments)
             reward = stack.enter_context(
                 PooledMathReward(workers=script.reward_workers, timeout_s=script.reward_timeout_s)
             )

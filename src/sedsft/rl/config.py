@@ -47,8 +47,9 @@ from trl import GRPOConfig
 
 from sedsft.cli_parse import SYSTEM_PROMPT_HELP, system_prompt_value
 from sedsft.cores import cap_workers
-from sedsft.errors import UserError, check_count, check_finite_fields, check_number
+from sedsft.errors import UserError, check_choice, check_count, check_finite_fields, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+from sedsft.rl.rewards import REWARDS
 from sedsft.train.config import default_bf16_to_hardware
 
 # The paper's RL prompts (2,069 filtered MATH problems), relative to the project root.
@@ -157,6 +158,12 @@ def _vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
+REWARD_HELP = (
+    "'math': 1 / 0 by the evaluation's grader (Math-Verify equivalence); 'authors_boxed': the authors' verl "
+    "recipe, +1 / -1 for an exact match of the last \\boxed{} against the gold (docs/rl.md)"
+)
+
+
 @dataclass
 class GRPOScriptArguments:
     """What ``sedsft grpo`` trains on and how it is rewarded (the model comes from TRL's ModelConfig)."""
@@ -190,6 +197,10 @@ class GRPOScriptArguments:
     max_prompts: int | None = field(
         default=None, metadata={"help": "Use only the first N prompts of the file (smoke tests)."}
     )
+    reward: str = field(
+        default="math",
+        metadata={"help": REWARD_HELP, "choices": list(REWARDS)},
+    )
     reward_workers: int = field(
         default=0,
         metadata={
@@ -204,6 +215,11 @@ class GRPOScriptArguments:
     def __post_init__(self):
         self.system_prompt = system_prompt_value(self.system_prompt)
         check_count("max_prompts", self.max_prompts, allow_none=True)
+        check_choice("reward", self.reward, tuple(REWARDS))
         check_count("reward_workers", self.reward_workers, minimum=0)
+        if self.reward != "math" and self.reward_workers > 0:
+            raise UserError(
+                f"--reward_workers grades with --reward math; --reward {self.reward} needs no workers"
+            )
         self.reward_workers = cap_workers("--reward_workers", self.reward_workers)  # at most the cores
         check_number("reward_timeout_s", self.reward_timeout_s, low=0, open_low=True)

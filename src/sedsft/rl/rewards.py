@@ -18,6 +18,10 @@ graded). Model output is only parsed, never executed (see ``sedsft.eval.grading`
 Time bound: in the trainer's main thread each grade runs under the grader's alarm (3 s). For a hard
 per-response limit (a SymPy call stuck in C), :class:`PooledMathReward` grades in ``GraderPool``
 worker processes.
+
+``authors_boxed`` (``--reward authors_boxed``) is the strict reward of the authors' released verl recipe,
+for comparisons with the paper's RL setup: +1 when the content of the last ``\\boxed{...}`` in the
+response's last 100 characters is exactly the gold string, else -1 (:func:`authors_boxed_score`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from sedsft.eval.grading import Grade, grade
 
 __all__ = [
     "GOLD_COLUMNS",
+    "REWARDS",
+    "authors_boxed_reward",
+    "authors_boxed_score",
     "PooledMathReward",
     "completion_text",
     "gold_answers",
@@ -125,3 +132,50 @@ class PooledMathReward:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---- the authors' strict reward --------------------------------------------------------------------
+
+AUTHORS_WINDOW = 100  # characters at the end of the response that are searched for the box
+
+
+def authors_boxed_score(response: str, gold: str) -> float:
+    """+1.0 / -1.0 as the authors' verl recipe scores (verl's ``math_dapo`` reward with strict box checking).
+
+    The rule, restated: when the response has both ``<think>`` and ``</think>``, only the text after the first
+    ``</think>`` (up to a second one, if any) counts; of that, the last 100 characters. In them, the last
+    ``\\boxed{`` is found and its braces matched; its content, not normalised in any way, must equal
+    ``gold`` exactly. No box, or braces that never close, is -1.0.
+    """
+    if "<think>" in response and "</think>" in response:
+        response = response.split("</think>")[1]
+    boxed = _last_boxed_content(response[-AUTHORS_WINDOW:])
+    return 1.0 if boxed is not None and boxed == gold else -1.0
+
+
+def _last_boxed_content(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + len("\\boxed{") : i]
+    return None  # the box never closes
+
+
+def authors_boxed_reward(completions: list, **kwargs) -> list[float | None]:
+    """+1.0 / -1.0 per completion by :func:`authors_boxed_score`; None where the gold is missing."""
+    golds = gold_answers(len(completions), kwargs)
+    return [
+        None if gold is None else authors_boxed_score(completion_text(c), gold)
+        for c, gold in zip(completions, golds, strict=True)
+    ]
+
+
+# --reward: name -> TRL reward function (sedsft grpo) and verl scoring (sedsft export-verl)
+REWARDS = {"math": math_reward, "authors_boxed": authors_boxed_reward}

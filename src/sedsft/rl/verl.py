@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sedsft.errors import UserError, check_number
+from sedsft.errors import UserError, check_choice, check_number
 from sedsft.io import atomic_write_bytes
 from sedsft.rl.prompts import RLPrompt
+from sedsft.rl.rewards import REWARDS
 from sedsft.runs import RunSpec, digest, open_run
 
 logger = logging.getLogger(__name__)
@@ -106,19 +107,24 @@ def export_verl(
     run: RunSpec | None = None,
     overwrite: bool = False,
     wait: bool = False,
+    reward: str = "math",
 ) -> VerlExport:
     """Write ``train.parquet``, ``validation.parquet`` and ``reward.py`` for verl into ``output_dir``.
 
     The validation split is ``val_prompts`` when given, else a ``val_fraction`` share of ``prompts``
     drawn with ``seed`` (and removed from training); with neither, no validation file is written.
     ``output_dir`` is a run folder (:mod:`sedsft.runs`): an export with other prompts or options is
-    refused there, unless ``overwrite`` (``wait``: wait for another process using it); ``run`` adds the caller's settings and input files.
+    refused there, unless ``overwrite`` (``wait``: wait for another process using it); ``run`` adds the
+    caller's settings and input files. ``reward`` (a name of ``sedsft.rl.rewards.REWARDS``) is the score
+    ``reward.py`` computes by default.
     """
     check_number("val_fraction", val_fraction, low=0, high=1, open_high=True)
     if val_prompts is not None and val_fraction > 0:
         raise UserError("pass either val_prompts (--val_data) or val_fraction, not both")
     out = Path(output_dir)
+    check_choice("reward", reward, tuple(REWARDS))
     settings = {
+        "reward": reward,
         "val_fraction": val_fraction,
         "data_source": data_source,
         "seed": seed,
@@ -143,7 +149,13 @@ def export_verl(
         val_rows = to_verl_rows(val, split="validation", data_source=data_source)
         val_path = write_verl_parquet(val_rows, out / "validation.parquet")
         num_val_rows = len(val_rows)
-    reward_path = atomic_write_bytes(
-        out / "reward.py", Path(__file__).with_name("verl_reward.py").read_bytes()
-    )
+    reward_path = atomic_write_bytes(out / "reward.py", reward_module(reward).encode())
     return VerlExport(train_path, val_path, reward_path, len(train_rows), num_val_rows)
+
+
+def reward_module(reward: str) -> str:
+    """The text of ``sedsft.rl.verl_reward`` with ``REWARD`` set to ``reward``."""
+    text = Path(__file__).with_name("verl_reward.py").read_text()
+    line = 'REWARD = "math"'
+    assert text.count(line) == 1, "verl_reward.py must set REWARD on one line"
+    return text.replace(line, f'REWARD = "{reward}"')

@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sedsft.cli_parse import SYSTEM_PROMPT_HELP, RunOptions, parse_command, system_prompt_value
-from sedsft.errors import UserError, check_number
+from sedsft.errors import UserError, check_choice, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
+from sedsft.rl.config import REWARD_HELP
+from sedsft.rl.rewards import REWARDS
 
 
 @dataclass
@@ -37,6 +39,7 @@ class ExportArgs:
     )
     seed: int = field(default=0, metadata={"help": "seed of the --val_fraction draw"})
     data_source: str = field(default="sedsft_math", metadata={"help": "the data_source column"})
+    reward: str = field(default="math", metadata={"help": REWARD_HELP, "choices": list(REWARDS)})
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
 
     def __post_init__(self):
@@ -44,6 +47,7 @@ class ExportArgs:
         if self.val_data is not None and self.val_fraction is not None:
             raise UserError("give --val_data or --val_fraction, not both")
         self.system_prompt = system_prompt_value(self.system_prompt)
+        check_choice("reward", self.reward, tuple(REWARDS))
 
 
 def main(argv: list[str]) -> int:
@@ -63,6 +67,7 @@ def main(argv: list[str]) -> int:
         val_prompts=val,
         data_source=args.data_source,
         seed=args.seed,
+        reward=args.reward,
         run=RunSpec(
             "export-verl",
             settings={"system_prompt": args.system_prompt},
@@ -74,6 +79,6 @@ def main(argv: list[str]) -> int:
     val_text = f", {result.num_val} validation rows -> {result.val_path}" if result.val_path else ""
     print(
         f"sedsft export-verl: {result.num_train} train rows -> {result.train_path}{val_text}; "
-        f"reward module -> {result.reward_path}"
+        f"reward module ({args.reward}) -> {result.reward_path}"
     )
     return 0

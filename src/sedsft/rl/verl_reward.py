@@ -11,6 +11,10 @@ The score is 1.0 when the response's final answer equals ``ground_truth`` by
 gold, a grading error or a time-out scores 0.0 (verl needs a number; the last two are logged).
 Model output is parsed, never executed.
 
+``REWARD`` picks the score: ``"math"`` (above) or ``"authors_boxed"``, the authors' strict +1 / -1 match
+of the last ``\\boxed{}`` (:func:`sedsft.rl.rewards.authors_boxed_score`; an empty gold scores -1.0).
+``sedsft export-verl --reward`` writes its choice into the copy; ``reward_kwargs`` may override it.
+
 Time limit (``timeout_s``, seconds): in a main thread the grader's alarm enforces it. verl's
 reward managers may call from worker threads, where no alarm works; there each response is graded
 in a process-wide pool of ``grading_workers`` processes, each killed when it runs past
@@ -23,8 +27,9 @@ import threading
 
 from sedsft.eval.grader_pool import check_grading_settings, shared_pool
 from sedsft.eval.grading import grade
-from sedsft.rl.rewards import normalize_gold, reward_of
+from sedsft.rl.rewards import REWARDS, authors_boxed_score, normalize_gold, reward_of
 
+REWARD = "math"  # sedsft export-verl --reward rewrites this line in its copy
 TIMEOUT_S = 2.0
 GRADING_WORKERS = 4
 
@@ -37,12 +42,22 @@ def compute_score(
     *,
     timeout_s: float = TIMEOUT_S,
     grading_workers: int = GRADING_WORKERS,
+    reward: str = REWARD,
     **kwargs,
 ) -> float:
-    """1.0 if ``solution_str`` ends with an answer equal to ``ground_truth``, else 0.0 (``data_source``,
-    ``extra_info`` and other keywords verl passes are unused)."""
+    """1.0 if ``solution_str`` ends with an answer equal to ``ground_truth``, else 0.0 (``reward="math"``),
+    or the authors' +1.0 / -1.0 (``reward="authors_boxed"``); ``data_source``, ``extra_info`` and other
+    keywords verl passes are unused."""
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {sorted(REWARDS)}, got {reward!r}")
     check_grading_settings(workers=grading_workers, timeout_s=timeout_s)
     gold = normalize_gold(ground_truth, column="answer")
+    if reward == "authors_boxed":
+        return (
+            -1.0
+            if gold is None or not isinstance(solution_str, str)
+            else authors_boxed_score(solution_str, gold)
+        )
     if gold is None or not isinstance(solution_str, str):
         return 0.0
     if threading.current_thread() is threading.main_thread():
