@@ -442,11 +442,22 @@ class GradingOptions:
     grading_timeout: float = field(
         default=2.0, metadata={"help": "seconds per response before it counts as wrong"}
     )
+    grading_protocol: str = field(
+        default="sedsft",
+        metadata={
+            "help": "answer extraction: sedsft (default: the answer after </think>, a bare last line, the "
+            "whole last expression) or qwen (Qwen2.5-Math's parser where the two differ; docs/evaluation.md)",
+            "choices": ["sedsft", "qwen"],
+        },
+    )
 
     def __post_init__(self):
         check_count("grading_workers", self.grading_workers, minimum=0)
         self.grading_workers = cap_workers("--grading_workers", self.grading_workers)  # at most the cores
         check_number("grading_timeout", self.grading_timeout, low=0, open_low=True)
+        from sedsft.eval.extract import PROTOCOLS  # here: the parser must not import the grader
+
+        check_choice("grading_protocol", self.grading_protocol, PROTOCOLS)
 
 
 @dataclass

@@ -201,3 +201,27 @@ def test_nan_grading_timeout_is_a_one_line_error(tmp_path, capsys):
     assert main(["eval", "--responses", path, "--grading_timeout", "nan"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "finite" in err
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_grading_protocol_reaches_the_grader(tmp_path, capsys, workers):
+    """--grading_protocol qwen restores Qwen2.5-Math's extraction, in this process and in grading workers."""
+    from tests.eval.test_grading import QWEN_DIFFERS
+
+    rows = [
+        {"benchmark": "mine", "problem_id": str(i), "response": response, "gold": gold}
+        for i, (gold, response, _, _) in enumerate(QWEN_DIFFERS)
+    ]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    verdicts = {}
+    for protocol in ("sedsft", "qwen"):
+        out = tmp_path / protocol
+        argv = ["eval", "--responses", str(path), "--output_dir", str(out), "--grading_workers", workers]
+        assert main([*argv, "--grading_protocol", protocol]) == 0
+        graded = [json.loads(line) for line in (out / "graded.jsonl").read_text().splitlines()]
+        verdicts[protocol] = [g["correct"] for g in graded]
+    assert verdicts == {"sedsft": [d[2] for d in QWEN_DIFFERS], "qwen": [d[3] for d in QWEN_DIFFERS]}
+    capsys.readouterr()
+    assert main(["eval", "--responses", str(path), "--grading_protocol", "minerva"]) == 2
+    assert "grading_protocol" in capsys.readouterr().err

@@ -161,6 +161,7 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
         batch_size=args.batch_size,
         grading_workers=grading.grading_workers,
         grading_timeout_s=grading.grading_timeout,
+        grading_protocol=grading.grading_protocol,
         run_name=args.run_name or path.resolve().name,
         progress=args.progress,
         run=caller,
@@ -186,6 +187,7 @@ def _grade_responses(args, grading, run_options) -> int:
         by_bench,
         workers=grading.grading_workers,
         timeout_s=grading.grading_timeout,
+        protocol=grading.grading_protocol,
         output_dir=run.path if run is not None else None,
         run_name=args.run_name or Path(args.responses).stem,
     )

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import wait
 
 from sedsft.errors import UserError
+from sedsft.eval.extract import PROTOCOLS
 from sedsft.eval.grading import GRADE_TIMEOUT_S, Grade, GradingTimeout, answer_for_log, grade, time_limit
 
 __all__ = ["Grade", "Grader", "GraderPool", "InProcessGrader", "grade_one", "open_grader", "shared_pool"]
@@ -43,8 +44,11 @@ _START_TIMEOUT_S = 120.0  # importing SymPy in a fresh process on a busy 2-core 
 _INNER_SHARE = 0.8  # a worker's own alarm fires at this share of timeout_s: no kill needed
 
 
-def check_grading_settings(*, workers: int, timeout_s: float) -> None:
-    """UserError unless ``workers`` is an integer >= 0 and ``timeout_s`` a finite number > 0."""
+def check_grading_settings(*, workers: int, timeout_s: float, protocol: str = "sedsft") -> None:
+    """UserError unless ``workers`` is an integer >= 0, ``timeout_s`` a finite number > 0 and ``protocol``
+    one of :data:`sedsft.eval.extract.PROTOCOLS`."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown grading protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UserError(
             f"grading workers must be an integer >= 0 (0: grade in this process), got {workers!r}"
@@ -56,11 +60,17 @@ def check_grading_settings(*, workers: int, timeout_s: float) -> None:
 
 
 def grade_one(
-    response: str, gold: str, grader: Grader | None = None, *, timeout_s: float = GRADE_TIMEOUT_S
+    response: str,
+    gold: str,
+    grader: Grader | None = None,
+    *,
+    timeout_s: float = GRADE_TIMEOUT_S,
+    protocol: str = "sedsft",
 ) -> Grade:
-    """Grade in this process, never raising. ``grader`` defaults to :func:`sedsft.eval.grading.grade`."""
+    """Grade in this process, never raising. ``grader`` defaults to :func:`sedsft.eval.grading.grade`
+    under ``protocol`` (a custom grader has its own rules)."""
     if grader is None:
-        return grade(response, gold, timeout_s=timeout_s)
+        return grade(response, gold, timeout_s=timeout_s, protocol=protocol)
     extracted = answer_for_log(response, gold)
     try:
         with time_limit(timeout_s):
@@ -75,12 +85,13 @@ def grade_one(
 class InProcessGrader:
     """:class:`GraderPool`'s interface, grading in this process (a time limit in the main thread only)."""
 
-    def __init__(self, *, timeout_s: float = GRADE_TIMEOUT_S):
-        check_grading_settings(workers=0, timeout_s=timeout_s)
+    def __init__(self, *, timeout_s: float = GRADE_TIMEOUT_S, protocol: str = "sedsft"):
+        check_grading_settings(workers=0, timeout_s=timeout_s, protocol=protocol)
         self.timeout_s = timeout_s
+        self.protocol = protocol
 
     def grade(self, tasks: Sequence[tuple[str, str]], *, grader: Grader | None = None) -> list[Grade]:
-        return [grade_one(r, g, grader, timeout_s=self.timeout_s) for r, g in tasks]
+        return [grade_one(r, g, grader, timeout_s=self.timeout_s, protocol=self.protocol) for r, g in tasks]
 
     def close(self) -> None:
         pass
@@ -93,13 +104,15 @@ class InProcessGrader:
 
 
 @contextlib.contextmanager
-def open_grader(*, workers: int, timeout_s: float) -> Iterator[GraderPool | InProcessGrader]:
+def open_grader(
+    *, workers: int, timeout_s: float, protocol: str = "sedsft"
+) -> Iterator[GraderPool | InProcessGrader]:
     """A :class:`GraderPool` of ``workers`` processes, or an :class:`InProcessGrader` when ``workers == 0``."""
-    check_grading_settings(workers=workers, timeout_s=timeout_s)
+    check_grading_settings(workers=workers, timeout_s=timeout_s, protocol=protocol)
     grader = (
-        GraderPool(workers=workers, timeout_s=timeout_s)
+        GraderPool(workers=workers, timeout_s=timeout_s, protocol=protocol)
         if workers > 0
-        else InProcessGrader(timeout_s=timeout_s)
+        else InProcessGrader(timeout_s=timeout_s, protocol=protocol)
     )
     try:
         yield grader
@@ -110,7 +123,7 @@ def open_grader(*, workers: int, timeout_s: float) -> Iterator[GraderPool | InPr
 # ---- worker processes ------------------------------------------------------------------------------
 
 
-def _worker_main(conn, inner_timeout_s: float) -> None:
+def _worker_main(conn, inner_timeout_s: float, protocol: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; it stops us
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     grade_one(r"\boxed{\frac{1}{2}}", "x^2")  # warm up: import SymPy and the LaTeX parser first
@@ -123,7 +136,7 @@ def _worker_main(conn, inner_timeout_s: float) -> None:
         if msg is None:
             return
         idx, grader, response, gold = msg
-        conn.send((idx, grade_one(response, gold, grader, timeout_s=inner_timeout_s)))
+        conn.send((idx, grade_one(response, gold, grader, timeout_s=inner_timeout_s, protocol=protocol)))
 
 
 @contextlib.contextmanager
@@ -140,9 +153,9 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 class _Worker:
-    def __init__(self, ctx, inner_timeout_s: float):
+    def __init__(self, ctx, inner_timeout_s: float, protocol: str):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, inner_timeout_s), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, inner_timeout_s, protocol), daemon=True)
         with _sigint_ignored():
             self.proc.start()
         child.close()
@@ -163,11 +176,12 @@ class _Worker:
 class GraderPool:
     """A fixed number of grading processes with a per-response hard time limit. Use as a context manager."""
 
-    def __init__(self, *, workers: int = 2, timeout_s: float = 2.0):
-        check_grading_settings(workers=workers, timeout_s=timeout_s)
+    def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, protocol: str = "sedsft"):
+        check_grading_settings(workers=workers, timeout_s=timeout_s, protocol=protocol)
         if workers < 1:
             raise UserError(f"a GraderPool needs workers >= 1, got {workers}; use InProcessGrader for 0")
         self.timeout_s = float(timeout_s)
+        self.protocol = protocol  # the extraction rules of sedsft.eval.grading.grade
         self.num_timeouts = 0  # responses graded incorrect for running out of time
         self._ctx = mp.get_context("spawn")
         self._lock = threading.Lock()
@@ -184,7 +198,7 @@ class GraderPool:
             raise
 
     def _new_worker(self) -> _Worker:
-        w = _Worker(self._ctx, _INNER_SHARE * self.timeout_s)
+        w = _Worker(self._ctx, _INNER_SHARE * self.timeout_s, self.protocol)
         with self._lock:
             self._workers.append(w)
         return w

@@ -60,13 +60,14 @@ def grade_responses(
     *,
     workers: int = 2,
     timeout_s: float = 2.0,
+    protocol: str = "sedsft",
     output_dir: str | Path | None = None,
     run_name: str = "responses",
 ) -> EvalResult:
     """Grade the records :func:`read_responses` gave; with ``output_dir`` write graded.jsonl,
     metrics.json and results.md there (atomically)."""
     flat = [r for rs in by_bench.values() for r in rs]
-    with open_grader(workers=workers, timeout_s=timeout_s) as grader:
+    with open_grader(workers=workers, timeout_s=timeout_s, protocol=protocol) as grader:
         grades = grader.grade([(r["response"], r["gold"]) for r in flat])
     for r, g in zip(flat, grades, strict=True):
         r.update(

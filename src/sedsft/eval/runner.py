@@ -158,6 +158,7 @@ def evaluate(
     batch_size: int = 8,
     grading_workers: int = 0,
     grading_timeout_s: float = 2.0,
+    grading_protocol: str = "sedsft",
     run_name: str = "model",
     progress: bool = False,
     run: RunSpec | None = None,
@@ -169,7 +170,7 @@ def evaluate(
     protocol (benchmark names must then be the paper's). ``graders`` maps a benchmark to a
     ``(response, gold) -> bool`` function (default :func:`sedsft.eval.grading.is_correct`).
     ``grading_workers`` > 0 grades in that many processes with a hard ``grading_timeout_s`` per
-    response (graders must then be module-level functions); 0 grades in this process (under the
+    response (graders must then be module-level functions), extracting answers by ``grading_protocol``; 0 grades in this process (under the
     same limit in a main thread). A grading error or time-out grades that sample incorrect and is
     recorded in its ``grading_error`` field; the run goes on.
     ``backend`` may be None only when every sample is already in ``output_dir``. ``output_dir`` is a
@@ -182,7 +183,7 @@ def evaluate(
     configs = sampling_configs(names, sampling)
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    check_grading_settings(workers=grading_workers, timeout_s=grading_timeout_s)
+    check_grading_settings(workers=grading_workers, timeout_s=grading_timeout_s, protocol=grading_protocol)
     tokenizer = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
     if tokenizer is None:
         raise UserError("evaluate needs a tokenizer (to render prompts); pass tokenizer=")
@@ -205,7 +206,7 @@ def evaluate(
         done = logged_samples(out)
 
     records: dict[str, list[dict]] = {}
-    with open_grader(workers=grading_workers, timeout_s=grading_timeout_s) as pool:
+    with open_grader(workers=grading_workers, timeout_s=grading_timeout_s, protocol=grading_protocol) as pool:
         for name in names:
             problems, cfg = problems_by_benchmark[name], configs[name]
             ids = [str(p.id) for p in problems]

@@ -128,7 +128,9 @@ def main(argv: list[str]) -> int:
 
     backend = backend_from_options(model, backend_options, batch_size=args.batch_size)
     log_path = out_dir / "solve_rates.jsonl"
-    with open_grader(workers=grading.grading_workers, timeout_s=grading.grading_timeout) as pool:
+    with open_grader(
+        workers=grading.grading_workers, timeout_s=grading.grading_timeout, protocol=grading.grading_protocol
+    ) as pool:
         result = filter_prompts(
             prompts, backend, config=config, pool=pool, log_path=log_path, progress=args.progress
         )
