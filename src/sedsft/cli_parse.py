@@ -31,7 +31,8 @@ A new option is a new field; nothing else changes. What the parser does, the sam
 Shared options have one spelling everywhere, from the groups below: ``--model`` (sft/grpo also take
 TRL's ``--model_name_or_path``), ``--dtype``, ``--device`` (refused when this machine lacks it, e.g.
 ``cuda:7`` on a CPU build), ``--trust_remote_code``, ``--grading_workers``/``--grading_timeout``,
-``--overwrite`` (see :mod:`sedsft.runs`), and ``--system_prompt none`` (or YAML ``null``) for no system turn.
+``--overwrite`` (see :mod:`sedsft.runs`), ``--system_prompt none`` (or YAML ``null``) for no system turn, and
+``--overflow`` (what a record longer than the token limit gets; its default depends on the command).
 Field metadata ``"manifest": False`` marks options that do not change results (kept out of the run manifest).
 """
 
@@ -50,6 +51,7 @@ from typing import Any
 
 from trl import ModelConfig, TrlParser
 
+from sedsft.data import OVERFLOW, check_overflow
 from sedsft.errors import UserError, check_choice, check_count, check_number
 from sedsft.models import DTYPES, check_device
 
@@ -442,3 +444,43 @@ class RunOptions:
             "manifest": False,
         },
     )
+
+
+OVERFLOW_HELP = (
+    "a record longer than the token limit (the smallest of --max_length where the command has one, the "
+    "model's context, the tokenizer's model_max_length): 'truncate' its end, 'drop' it (counted), or "
+    "'error' (refused naming its file and line)"
+)
+
+
+def overflow_field(default: str):
+    """The one ``--overflow`` option; commands differ only in its default (see the groups below)."""
+    return field(
+        default=default, metadata={"help": f"{OVERFLOW_HELP}; default {default}", "choices": list(OVERFLOW)}
+    )
+
+
+@dataclass
+class OverflowOptions:
+    """Records longer than the token limit (sft, calibrate, analyze): truncated by default, as TRL does."""
+
+    overflow: str = overflow_field("truncate")
+
+    def __post_init__(self):
+        check_overflow(self.overflow)
+
+
+@dataclass
+class PromptOverflowOptions(OverflowOptions):
+    """Prompts longer than the token limit (grpo, filter): dropped by default, as verl filters overlong
+    prompts: a question cut short has lost what it asks. ``truncate`` cuts the end of the last user turn."""
+
+    overflow: str = overflow_field("drop")
+
+
+@dataclass
+class QuestionOverflowOptions(OverflowOptions):
+    """Benchmark questions longer than the token limit (eval): refused by default, since a benchmark is
+    scored whole; ``drop`` leaves them out (counted), ``truncate`` cuts the question's end."""
+
+    overflow: str = overflow_field("error")

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sedsft.calibrate import DEFAULT_SEED
-from sedsft.cli_parse import SYSTEM_PROMPT_HELP, ModelOptions, RunOptions, parse_command, system_prompt_value
+from sedsft.cli_parse import (
+    SYSTEM_PROMPT_HELP,
+    ModelOptions,
+    OverflowOptions,
+    RunOptions,
+    parse_command,
+    system_prompt_value,
+)
 from sedsft.errors import UserError, check_count, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -40,7 +47,9 @@ class AnalysisArgs:
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
     max_length: int | None = field(
         default=MAX_LENGTH,
-        metadata={"help": "truncate tokenized examples (default: sft's 1024; 'none': never)"},
+        metadata={
+            "help": "token limit of an example (default: sft's 1024; 'none': the model's context), see --overflow"
+        },
     )
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the data sample (sft's --seed)"})
@@ -178,18 +187,21 @@ def run_weights(args: WeightsArgs, run_options: RunOptions) -> int:
     return 0
 
 
-def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOptions) -> int:
+def run_topk(
+    args: TopkArgs, model_options: ModelOptions, overflow: OverflowOptions, run_options: RunOptions
+) -> int:
     from .inputs import load_model_and_tokenizer, read_records
     from .topk import analyze_topk
 
     records = read_records(args.data)
-    _open_run("topk", args, model_options, run_options)
+    _open_run("topk", args, model_options, overflow, run_options)
     model, tokenizer = load_model_and_tokenizer(
         model_options.model,
         tokenizer_path=model_options.tokenizer,
         device=model_options.device,
         dtype=model_options.dtype,
     )
+    limit = _token_limit(args, model, tokenizer)
     report = analyze_topk(
         model,
         tokenizer,
@@ -200,7 +212,9 @@ def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOption
         seed=args.seed,
         batch_size=args.batch_size,
         system_prompt=args.system_prompt,
-        max_length=args.max_length,
+        max_length=limit.tokens,
+        overflow=overflow.overflow,
+        limit_reason=limit.reason,
         max_tokens=args.max_tokens,
         output_dir=args.output_dir,
         meta={"model": model_options.model, "data": str(args.data), "records": len(records)},
@@ -216,7 +230,9 @@ def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOption
     return 0
 
 
-def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: RunOptions) -> int:
+def run_heatmap(
+    args: HeatmapArgs, model_options: ModelOptions, overflow: OverflowOptions, run_options: RunOptions
+) -> int:
     from sedsft.calibrate import CalibrationSpec, calibrate_records
 
     from .heatmap import analyze_heatmap
@@ -231,13 +247,15 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
         )
     else:
         record, name = records[args.index], f"heatmap_{args.index}"
-    _open_run("heatmap", args, model_options, run_options)
+    _open_run("heatmap", args, model_options, overflow, run_options)
     model, tokenizer = load_model_and_tokenizer(
         model_options.model,
         tokenizer_path=model_options.tokenizer,
         device=model_options.device,
         dtype=model_options.dtype,
     )
+    limit = _token_limit(args, model, tokenizer)
+    bounds = {"max_length": limit.tokens, "overflow": overflow.overflow, "limit_reason": limit.reason}
     tau, how = args.tau, "given"
     if tau is None and records is not None:
         mask_ratio = args.mask_ratio if args.mask_ratio is not None else DEFAULT_MASK_RATIO
@@ -248,9 +266,7 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
             examples=args.num_examples,
             batch_size=args.batch_size,
         )
-        cal = calibrate_records(
-            model, tokenizer, records, spec, system_prompt=args.system_prompt, max_length=args.max_length
-        )
+        cal = calibrate_records(model, tokenizer, records, spec, system_prompt=args.system_prompt, **bounds)
         tau = cal.tau
         how = f"calibrated on {cal.num_sequences} records of {args.data} with r = {mask_ratio:g}"
     where = (
@@ -264,7 +280,7 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
         tau=tau,
         num_alternatives=args.num_alternatives,
         system_prompt=args.system_prompt,
-        max_length=args.max_length,
+        **bounds,
         output_dir=args.output_dir,
         name=name,
         title=f"Gold-token probability over {where}",
@@ -278,13 +294,20 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
     return 0
 
 
-def _open_run(tool: str, args, model_options: ModelOptions, run_options: RunOptions) -> None:
+def _token_limit(args: AnalysisArgs, model, tokenizer):
+    """What an example is bounded by: --max_length, the model's context, the tokenizer's model_max_length."""
+    from sedsft.data import token_limit
+
+    return token_limit(max_length=args.max_length, config=model.config, tokenizer=tokenizer)
+
+
+def _open_run(tool: str, args, model_options: ModelOptions, overflow, run_options: RunOptions) -> None:
     from sedsft.runs import RunSpec, open_run, settings_of
 
     model_options.checked()  # before the run folder is opened
     spec = RunSpec(
         f"analyze {tool}",
-        settings=settings_of(args, model_options),
+        settings=settings_of(args, model_options, overflow),
         inputs={"model": model_options.model, "tokenizer": model_options.tokenizer, "data": args.data},
     )
     open_run(args.output_dir, spec, overwrite=run_options.overwrite)
@@ -303,12 +326,13 @@ def main(argv: list[str]) -> int:
             "analyze weights", rest, WeightsArgs, RunOptions, description=TOOLS[tool]
         )
         return run_weights(args, run_options)
-    args, model_options, run_options = parse_command(
+    args, model_options, overflow, run_options = parse_command(
         f"analyze {tool}",
         rest,
         TopkArgs if tool == "topk" else HeatmapArgs,
         ModelOptions,
+        OverflowOptions,
         RunOptions,
         description=TOOLS[tool],
     )
-    return (run_topk if tool == "topk" else run_heatmap)(args, model_options, run_options)
+    return (run_topk if tool == "topk" else run_heatmap)(args, model_options, overflow, run_options)

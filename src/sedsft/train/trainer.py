@@ -37,7 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, pack_dataset
 
 from sedsft.calibrate import CALIBRATION_FILE, Calibration, LazyTokenized, calibrate
-from sedsft.data import SFTCollator, build_sft_dataset
+from sedsft.data import SFTCollator, build_sft_dataset, token_limit
 from sedsft.errors import UserError
 from sedsft.losses import BatchStats, check_fusable, fused_forward_loss, objective_loss
 
@@ -69,6 +69,12 @@ class SEDSFTTrainer(SFTTrainer):
             processing_class.pad_token = processing_class.eos_token
         _refuse_lora_on_head(model, kwargs.get("peft_config"))
         self.data_report = None
+        # records are bounded before any tensor exists: --max_length, the model's context, the tokenizer's
+        self.token_limit = token_limit(
+            max_length=args.max_length, config=getattr(model, "config", None), tokenizer=processing_class
+        )
+        if args.max_length is not None and self.token_limit.tokens < args.max_length:
+            logger.info("records are bounded at %s, below --max_length %d", self.token_limit, args.max_length)
         self._calibration_data = train_dataset  # as given: raw records are tokenized as sedsft calibrate does
         train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
@@ -118,8 +124,9 @@ class SEDSFTTrainer(SFTTrainer):
             records,
             tokenizer,
             system_prompt=args.system_prompt,
-            max_length=args.max_length,
+            max_length=self.token_limit.tokens,
             overflow=args.overflow,
+            reason=self.token_limit.reason,
         )
         logger.info("%s data: %s", split, report.summary())
         if split == "train":
@@ -205,8 +212,9 @@ class SEDSFTTrainer(SFTTrainer):
                 data,
                 self.processing_class,
                 system_prompt=args.system_prompt,
-                max_length=args.max_length,
+                max_length=self.token_limit.tokens,
                 overflow=args.overflow,
+                limit_reason=self.token_limit.reason,
             )
         return calibrate(
             model,
