@@ -446,6 +446,94 @@ def tokenize_conversation(
     return out.row
 
 
+def _render_prompt(tokenizer, messages: list[dict]) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UserError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use a chat model's "
+            "tokenizer"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _prompt_fits(tokenizer, messages: list[dict], limit: int) -> bool:
+    text = _render_prompt(tokenizer, messages)
+    return len(text) <= CHARS_PER_TOKEN * limit and len(_ids(tokenizer, text)) <= limit
+
+
+def bound_prompt(
+    tokenizer,
+    messages: list[dict],
+    *,
+    limit: TokenLimit,
+    overflow: str,
+    source: str,
+    what: str = "the prompt",
+) -> list[dict] | None:
+    """``messages`` whose generation prompt (chat template, assistant turn opened) fits ``limit``.
+
+    A longer one: ``overflow="drop"`` gives None, ``"error"`` raises a UserError naming ``source``,
+    ``"truncate"`` cuts the end of the last user turn so that the rendered prompt fits (None when even
+    an empty user turn does not). The tokenizer sees at most ``CHARS_PER_TOKEN * limit`` characters.
+    """
+    check_overflow(overflow)
+    if limit.tokens is None or _prompt_fits(tokenizer, messages, limit.tokens):
+        return messages
+    if overflow == "error":
+        raise too_long(source, what, limit.tokens, limit.reason)
+    user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if overflow == "drop" or user is None:
+        return None
+
+    def with_user(content: str) -> list[dict]:
+        return [*messages[:user], {**messages[user], "content": content}, *messages[user + 1 :]]
+
+    budget = limit.tokens - len(_ids(tokenizer, _render_prompt(tokenizer, with_user(""))))
+    ids = _ids(tokenizer, messages[user]["content"][: CHARS_PER_TOKEN * max(budget, 0)])[: max(budget, 0)]
+    while ids:  # decoding and encoding again may merge or split a token at the cut: shorten until it fits
+        cut = with_user(tokenizer.decode(ids))
+        if _prompt_fits(tokenizer, cut, limit.tokens):
+            return cut
+        ids = ids[: -max(1, len(ids) // 64)]
+    return None
+
+
+def local_token_limit(
+    model: str,
+    *,
+    tokenizer: str | None = None,
+    max_length: int | None = None,
+    trust_remote_code: bool = False,
+):
+    """``(tokenizer, TokenLimit)`` of a local checkpoint, read without loading its weights: the smallest
+    of ``max_length``, the model config's context and the tokenizer's ``model_max_length``. For checks
+    made before the run folder is opened."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(
+            tokenizer or model, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError) as e:  # unreadable config or tokenizer files in the user's folder
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot read the model config or tokenizer in {tokenizer or model}: {first}") from e
+    return tok, token_limit(max_length=max_length, config=config, tokenizer=tok)
+
+
+def check_records_fit(
+    records: Sequence[dict],
+    tokenizer,
+    *,
+    limit: TokenLimit,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> None:
+    """Refuse the first record longer than ``limit`` (``--overflow error``), before anything is written."""
+    for record in records:
+        conv = to_conversation(record, system_prompt=system_prompt)
+        if tokenize_bounded(tokenizer, conv, max_length=limit.tokens).truncated:
+            raise too_long(record.get("_source", "record"), "the conversation", limit.tokens, limit.reason)
+
+
 def _end_of_turn_ids(tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for tok in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"):

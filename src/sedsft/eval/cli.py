@@ -6,6 +6,9 @@
 ``--output_dir`` is a run folder (:mod:`sedsft.runs`): rerunning the same command resumes an
 interrupted run (exactly: the result equals an uninterrupted run) and only reports a finished one;
 another model, other benchmarks or other sampling options are refused there unless ``--overwrite``.
+A question whose prompt is longer than the model's context (or the tokenizer's ``model_max_length``) is
+refused by default, naming its benchmark and problem; ``--overflow drop`` leaves it out (counted),
+``--overflow truncate`` cuts the question's end.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sedsft.cli_parse import (
     BackendOptions,
     GradingOptions,
     ModelOptions,
+    QuestionOverflowOptions,
     RunOptions,
     parse_command,
     system_prompt_value,
@@ -94,13 +98,14 @@ class EvalArgs:
 
 
 def main(argv: list[str]) -> int:
-    args, model, backend, grading, run_options = parse_command(
+    args, model, backend, grading, overflow, run_options = parse_command(
         "eval",
         argv,
         EvalArgs,
         ModelOptions,
         BackendOptions,
         GradingOptions,
+        QuestionOverflowOptions,
         RunOptions,
         description=__doc__.split("\n")[0],
     )
@@ -113,10 +118,42 @@ def main(argv: list[str]) -> int:
                 f"{', '.join(given)} apply to --model runs; --responses files are graded as they are"
             )
         return _grade_responses(args, grading, run_options)
-    return _evaluate_model(args, model, backend, grading, run_options)
+    return _evaluate_model(args, model, backend, grading, overflow, run_options)
 
 
-def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
+def _bound_questions(problems: dict, tokenizer, limit, *, overflow: str, args) -> dict:
+    """Each benchmark's problems whose prompt fits ``limit`` (``sedsft.data.bound_prompt``), per ``overflow``."""
+    import logging
+    from dataclasses import replace
+
+    from sedsft.data import bound_prompt
+    from sedsft.prompts import build_messages
+
+    out = {}
+    for name, ps in problems.items():
+        kept = []
+        for p in ps:
+            messages = build_messages(p.question, system_prompt=args.system_prompt)
+            where = f"{name} problem {p.id}"
+            fitted = bound_prompt(
+                tokenizer, messages, limit=limit, overflow=overflow, source=where, what="the question"
+            )
+            if fitted is not None:
+                kept.append(p if fitted is messages else replace(p, question=fitted[-1]["content"]))
+        if len(kept) < len(ps):
+            logging.getLogger("sedsft.eval").warning(
+                "%s: %d of %d questions dropped as longer than %s", name, len(ps) - len(kept), len(ps), limit
+            )
+        if not kept:
+            raise UserError(
+                f"{name}: every question is longer than {limit}; use a model with a longer context"
+            )
+        out[name] = kept
+    return out
+
+
+def _evaluate_model(args, model, backend_options, grading, overflow, run_options) -> int:
+    from sedsft.data import local_token_limit
     from sedsft.eval.benchmarks import load, parse_names
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.protocol import resolve_sampling
@@ -128,6 +165,10 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
         raise UserError("--output_dir is required with --model (samples are saved there as they are made)")
     names = parse_names(args.benchmarks)
     problems = {n: load(n, args.data_dir, limit=args.limit) for n in names}
+    tokenizer, limit = local_token_limit(
+        str(path), tokenizer=model.tokenizer, trust_remote_code=model.trust_remote_code
+    )
+    problems = _bound_questions(problems, tokenizer, limit, overflow=overflow.overflow, args=args)
     sampling = resolve_sampling(
         names,
         protocol=args.protocol,
@@ -137,7 +178,7 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     out = Path(args.output_dir)
     caller = RunSpec(
         "eval",
-        settings=settings_of(args, model, backend_options, grading),
+        settings=settings_of(args, model, backend_options, grading, overflow),
         inputs={"model": path, "tokenizer": model.tokenizer},
     )
     spec = run_spec(

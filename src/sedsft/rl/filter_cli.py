@@ -22,6 +22,7 @@ from sedsft.cli_parse import (
     BackendOptions,
     GradingOptions,
     ModelOptions,
+    PromptOverflowOptions,
     RunOptions,
     parse_command,
     system_prompt_value,
@@ -93,7 +94,7 @@ def _report(summary: dict, *, again: bool) -> None:
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args, config, model, backend_options, grading, run_options = parse_command(
+    args, config, model, backend_options, grading, overflow, run_options = parse_command(
         "filter",
         argv,
         FilterArgs,
@@ -101,24 +102,29 @@ def main(argv: list[str]) -> int:
         ModelOptions,
         BackendOptions,
         GradingOptions,
+        PromptOverflowOptions,
         RunOptions,
         description=__doc__.split("\n")[0],
     )
-    from sedsft.data import load_records
+    from sedsft.data import load_records, local_token_limit
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.grader_pool import open_grader
     from sedsft.rl.filter import filter_prompts
-    from sedsft.rl.prompts import rl_prompts_from_records
+    from sedsft.rl.prompts import bound_prompts, rl_prompts_from_records
     from sedsft.rl.verl import to_verl_rows, write_verl_parquet
     from sedsft.runs import RunSpec, open_run, settings_of
 
     data_path, out_dir = Path(args.data), Path(args.output_dir)
-    records = load_records(data_path)[: args.limit]
+    records = load_records(data_path, limit=args.limit)
     prompts = rl_prompts_from_records(records, system_prompt=args.system_prompt, source=str(data_path))
     model.checked()  # before the run folder is opened
+    tokenizer, limit = local_token_limit(
+        model.model, tokenizer=model.tokenizer, trust_remote_code=model.trust_remote_code
+    )
+    prompts = bound_prompts(prompts, tokenizer, limit=limit, overflow=overflow.overflow)
     spec = RunSpec(
         "filter",
-        settings=settings_of(args, config, model, backend_options, grading),
+        settings=settings_of(args, config, model, backend_options, grading, overflow),
         inputs={"model": model.model, "tokenizer": model.tokenizer, "data": data_path},
     )
     run = open_run(out_dir, spec, overwrite=run_options.overwrite)
@@ -139,7 +145,7 @@ def main(argv: list[str]) -> int:
         rows = to_verl_rows([prompts[i] for i in result.kept], split="train", data_source=args.data_source)
         kept_path = write_verl_parquet(rows, out_dir / "kept.parquet")
     else:
-        kept_path = write_same_layout([records[i] for i in result.kept], data_path, out_dir)
+        kept_path = write_same_layout([records[prompts[i].index] for i in result.kept], data_path, out_dir)
     summary = {
         **result.summary(),
         "n": config.n,
