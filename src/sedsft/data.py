@@ -121,15 +121,21 @@ def read_text(f: str | Path) -> str:
         raise UserError(_not_utf8(f, line, raw[e.start], column)) from None
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
 def _not_utf8(f: Path, line: int, byte: int, column: int) -> str:
     return f"{f}:{line}: not UTF-8 text (byte 0x{byte:02x} at column {column}); save the file as UTF-8"
 
 
-def read_lines(f: str | Path, *, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[int, str]]:
+def read_lines(f: str | Path, *, max_bytes: int | None = None) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of a user's text file, one line in memory at a time (UTF-8, a byte-order
-    mark allowed). A line longer than ``max_bytes`` is a UserError naming the file and line, raised
-    before more than ``max_bytes`` of it is read; so is a byte that is not UTF-8 (with its column)."""
+    mark allowed). A line longer than ``max_bytes`` (default :data:`MAX_RECORD_BYTES`) is a UserError
+    naming the file and line, raised before more than ``max_bytes`` of it is read; so is a byte that is
+    not UTF-8 (with its column)."""
     f = Path(f)
+    max_bytes = MAX_RECORD_BYTES if max_bytes is None else max_bytes
     with open(f, "rb") as stream:
         for i in itertools.count(1):
             raw = stream.readline(max_bytes + 1)
@@ -137,8 +143,8 @@ def read_lines(f: str | Path, *, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[
                 return
             if len(raw) > max_bytes and not raw.endswith(b"\n"):
                 raise UserError(
-                    f"{f}:{i}: the line is longer than {max_bytes // 2**20} MiB, far more than any model "
-                    "reads; split or shorten that record"
+                    f"{f}:{i}: the line is longer than {_size(max_bytes)}, far more than any model reads; "
+                    "split or shorten that record"
                 )
             if i == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
@@ -169,8 +175,8 @@ def _load_json(f: Path, *, limit: int | None = None) -> list[dict]:
     size = f.stat().st_size
     if size > MAX_JSON_BYTES:
         raise UserError(
-            f"{f}: a .json file of {size / 2**20:.0f} MiB is parsed whole (at most {MAX_JSON_BYTES // 2**20} "
-            "MiB); write it as JSONL, one record per line, which is read line by line"
+            f"{f}: a .json file of {_size(size)} is parsed whole (at most {_size(MAX_JSON_BYTES)}); write it "
+            "as JSONL, one record per line, which is read line by line"
         )
     try:
         obj = json.loads(read_text(f))
@@ -189,30 +195,35 @@ def _load_json(f: Path, *, limit: int | None = None) -> list[dict]:
 
 
 def _load_parquet(f: Path, *, limit: int | None = None) -> list[dict]:
+    """The rows of a Parquet file, one row group in memory at a time."""
     import pyarrow.parquet as pq
 
+    reader = _arrow(f, lambda: pq.ParquetFile(f))
     out: list[dict] = []
-    try:
-        reader = pq.ParquetFile(f)
-        for g in range(reader.num_row_groups):
-            if limit is not None and len(out) >= limit:
-                break
-            meta = reader.metadata.row_group(g)
-            if meta.total_byte_size > MAX_RECORD_BYTES * max(meta.num_rows, 1):  # before it is read
-                raise UserError(
-                    f"{f} rows {len(out) + 1}-{len(out) + meta.num_rows}: more than "
-                    f"{MAX_RECORD_BYTES // 2**20} MiB per row, far more than any model reads; shorten them"
-                )
-            rows = reader.read_row_group(g).to_pylist()
-            out += [
-                _as_record(r, f"{f.name}:{i}", where=f"{f} row {i}")
-                for i, r in enumerate(rows, start=len(out) + 1)
-            ]
-    except UserError:
-        raise
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise UserError(f"{f}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    for g in range(reader.num_row_groups):
+        if limit is not None and len(out) >= limit:
+            break
+        meta = reader.metadata.row_group(g)
+        if meta.total_byte_size > MAX_RECORD_BYTES * max(meta.num_rows, 1):  # refused before it is read
+            raise UserError(
+                f"{f} rows {len(out) + 1}-{len(out) + meta.num_rows}: more than {_size(MAX_RECORD_BYTES)} "
+                "per row, far more than any model reads; shorten them"
+            )
+        rows = _arrow(f, lambda g=g: reader.read_row_group(g).to_pylist())
+        out += [
+            _as_record(r, f"{f.name}:{i}", where=f"{f} row {i}")
+            for i, r in enumerate(rows, start=len(out) + 1)
+        ]
     return out[:limit] if limit is not None else out
+
+
+def _arrow(f: Path, call):
+    """``call()``, a pyarrow read of ``f``; a corrupt file (pyarrow raises several types) is a UserError."""
+    try:
+        return call()
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise UserError(f"{f}: cannot read parquet ({type(e).__name__}: {first})") from None
 
 
 def _as_record(obj: Any, source: str, *, where: str) -> dict:
@@ -223,7 +234,7 @@ def _as_record(obj: Any, source: str, *, where: str) -> dict:
         )
     if _text_size(obj) > MAX_RECORD_BYTES:  # JSONL lines are refused before parsing; JSON and Parquet here
         raise UserError(
-            f"{where}: the record holds more than {MAX_RECORD_BYTES // 2**20} MiB of text, far more than "
+            f"{where}: the record holds more than {_size(MAX_RECORD_BYTES)} of text, far more than "
             "any model reads; split or shorten it"
         )
     return {**obj, "_source": source}

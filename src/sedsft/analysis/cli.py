@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sedsft.calibrate import DEFAULT_SEED
+from sedsft.calibrate import DEFAULT_SEED, sample_indices
 from sedsft.cli_parse import (
     SYSTEM_PROMPT_HELP,
     ModelOptions,
@@ -194,6 +194,8 @@ def run_topk(
     from .topk import analyze_topk
 
     records = read_records(args.data)
+    sample = sample_indices(len(records), examples=args.num_examples, seed=args.seed)  # analyze_topk's
+    limit = _token_limit(args, model_options, overflow, [records[i] for i in sample])
     _open_run("topk", args, model_options, overflow, run_options)
     model, tokenizer = load_model_and_tokenizer(
         model_options.model,
@@ -201,7 +203,6 @@ def run_topk(
         device=model_options.device,
         dtype=model_options.dtype,
     )
-    limit = _token_limit(args, model, tokenizer)
     report = analyze_topk(
         model,
         tokenizer,
@@ -247,6 +248,12 @@ def run_heatmap(
         )
     else:
         record, name = records[args.index], f"heatmap_{args.index}"
+    sample = (
+        []
+        if records is None or args.tau is not None
+        else sample_indices(len(records), examples=args.num_examples, seed=args.seed)
+    )
+    limit = _token_limit(args, model_options, overflow, [record, *(records[i] for i in sample)])
     _open_run("heatmap", args, model_options, overflow, run_options)
     model, tokenizer = load_model_and_tokenizer(
         model_options.model,
@@ -254,7 +261,6 @@ def run_heatmap(
         device=model_options.device,
         dtype=model_options.dtype,
     )
-    limit = _token_limit(args, model, tokenizer)
     bounds = {"max_length": limit.tokens, "overflow": overflow.overflow, "limit_reason": limit.reason}
     tau, how = args.tau, "given"
     if tau is None and records is not None:
@@ -294,11 +300,20 @@ def run_heatmap(
     return 0
 
 
-def _token_limit(args: AnalysisArgs, model, tokenizer):
-    """What an example is bounded by: --max_length, the model's context, the tokenizer's model_max_length."""
-    from sedsft.data import token_limit
+def _token_limit(args: AnalysisArgs, model_options: ModelOptions, overflow: OverflowOptions, records):
+    """What an example is bounded by (--max_length, the model's context, the tokenizer's model_max_length),
+    read before the run folder is opened; with ``--overflow error`` the ``records`` to score are checked."""
+    from sedsft.data import check_records_fit, local_token_limit
 
-    return token_limit(max_length=args.max_length, config=model.config, tokenizer=tokenizer)
+    tokenizer, limit = local_token_limit(
+        model_options.checked(),
+        tokenizer=model_options.tokenizer,
+        max_length=args.max_length,
+        trust_remote_code=model_options.trust_remote_code,
+    )
+    if overflow.overflow == "error":
+        check_records_fit(records, tokenizer, limit=limit, system_prompt=args.system_prompt)
+    return limit
 
 
 def _open_run(tool: str, args, model_options: ModelOptions, overflow, run_options: RunOptions) -> None:
