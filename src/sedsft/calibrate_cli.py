@@ -65,12 +65,18 @@ def main(argv: list[str]) -> int:
     )
     a, options, m, o = parser.parse(argv)
     spec = options.calibration_spec(top_k=a.top_k, seed=a.seed)  # checked before anything is loaded
-    from sedsft.calibrate import calibrate_records
-    from sedsft.data import load_records, token_limit
+    from sedsft.calibrate import calibrate_records, sample_indices
+    from sedsft.data import check_records_fit, load_records, local_token_limit
     from sedsft.models import load_local_model
 
     records = load_records(a.data)
     path = m.checked()  # before the data is tokenized: a wrong path fails at once
+    check_tok, limit = local_token_limit(  # as sft bounds records, read before the weights are
+        path, tokenizer=m.tokenizer, max_length=a.max_length, trust_remote_code=m.trust_remote_code
+    )
+    if o.overflow == "error":
+        sample = sample_indices(len(records), examples=spec.examples, seed=spec.seed, rule=spec.sample)
+        check_records_fit([records[i] for i in sample], check_tok, limit=limit, system_prompt=a.system_prompt)
     model, tok = load_local_model(
         path,
         tokenizer_path=m.tokenizer,
@@ -80,7 +86,6 @@ def main(argv: list[str]) -> int:
     )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    limit = token_limit(max_length=a.max_length, config=model.config, tokenizer=tok)
     cal = calibrate_records(
         model,
         tok,
