@@ -50,8 +50,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_jsonl_records(path: str | os.PathLike) -> Iterator[dict]:
-    """Records of a JSONL log written by :class:`JsonlLog`, one line in memory at a time, skipping a torn
-    last line.
+    """Records of a JSONL log written by :class:`JsonlLog`, skipping a torn last line.
 
     A process killed mid-write can leave one incomplete final line; it is dropped (and rewritten
     by the resumed job). A malformed line anywhere else is an error: the log was edited or corrupted.
@@ -59,21 +58,19 @@ def read_jsonl_records(path: str | os.PathLike) -> Iterator[dict]:
     path = Path(path)
     if not path.exists():
         return
-    broken: tuple[int, json.JSONDecodeError] | None = None
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if broken is not None:  # a broken line with more records after it: not a torn tail
-                raise ValueError(
-                    f"{path}:{broken[0]}: corrupt JSONL record ({broken[1].msg}); delete the file to start over"
-                ) from broken[1]
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                broken = (i, e)
-                continue
-            yield record
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            is_last = all(not rest.strip() for rest in lines[i + 1 :])
+            if is_last:
+                return
+            raise ValueError(
+                f"{path}:{i + 1}: corrupt JSONL record ({e.msg}); delete the file to start over"
+            ) from e
 
 
 class JsonlLog:
@@ -93,24 +90,11 @@ class JsonlLog:
         # Truncate an incomplete last line left by a killed writer, so appends start on a fresh line.
         if not self.path.exists():
             return
-        with open(self.path, "r+b") as f:
-            end = f.seek(0, os.SEEK_END)
-            if end == 0:
-                return
-            f.seek(end - 1)
-            if f.read(1) == b"\n":
-                return
-            cut = end
-            while cut > 0:  # back to the last newline, a block at a time (the log is never read whole)
-                start = max(0, cut - 65536)
-                f.seek(start)
-                block = f.read(cut - start)
-                newline = block.rfind(b"\n")
-                if newline >= 0:
-                    cut = start + newline + 1
-                    break
-                cut = start
-            f.truncate(cut)
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
 
     def records(self) -> list[dict]:
         return list(read_jsonl_records(self.path))
