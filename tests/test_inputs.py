@@ -72,22 +72,27 @@ CALIBRATE = ["calibrate", "--model", M, "--output", "{d}/out.json"]
 TOPK = ["analyze", "topk", "--model", M, "--output_dir", OUT]
 EXPORT = ["export-verl", "--output_dir", OUT]
 TOO_LONG = f"is longer than {CONTEXT} tokens (the model's context, max_position_embeddings)"
+BY_OPTION = "is longer than 1024 tokens (--max_length); shorten the record, raise --max_length"
 
 OVERLONG = {  # --overflow error (eval's default): the record, named by file and line, before any write
-    "sft": (
+    "sft": (  # sft's --max_length, 1024 by default, is kept even past the context (the paper's recipe)
         [*SFT, "--data", "{d}/long.jsonl", "--overflow", "error"],
+        f"long.jsonl:2: the conversation {BY_OPTION}",
+    ),
+    "sft max_length none": (
+        [*SFT, "--data", "{d}/long.jsonl", "--overflow", "error", "--max_length", "none"],
         f"long.jsonl:2: the conversation {TOO_LONG}",
     ),
-    "sft max_length": (
-        [*SFT, "--data", "{d}/long.jsonl", "--overflow", "error", "--max_length", "200"],
-        "long.jsonl:2: the conversation is longer than 200 tokens (--max_length); shorten the record, raise --max_length",
-    ),
-    "calibrate": (
-        [*CALIBRATE, "--data", "{d}/long.jsonl", "--overflow", "error", "--max_length", "100000"],
-        f"long.jsonl:2: the conversation {TOO_LONG}",
+    "calibrate": (  # as sft
+        [*CALIBRATE, "--data", "{d}/long.jsonl", "--overflow", "error"],
+        f"long.jsonl:2: the conversation {BY_OPTION}",
     ),
     "analyze topk": (
         [*TOPK, "--data", "{d}/long.jsonl", "--overflow", "error", "--max_length", "none"],
+        f"long.jsonl:2: the conversation {TOO_LONG}",
+    ),
+    "analyze topk past the context": (  # analyses are bounded by the context whatever --max_length says
+        [*TOPK, "--data", "{d}/long.jsonl", "--overflow", "error", "--max_length", "100000"],
         f"long.jsonl:2: the conversation {TOO_LONG}",
     ),
     "grpo": (
@@ -157,14 +162,15 @@ def test_a_1gb_file_is_refused_at_its_huge_line(d, capsys, case):
 
 
 def test_overlong_records_are_truncated_by_default(d, tmp_path):
-    """calibrate and analyze topk with limits far past the context: bounded at 512 tokens, they run
-    (before, a 200,000-token sequence asked for a 10 GB attention mask)."""
+    """calibrate at its --max_length, analyze topk with no --max_length or one far past the context:
+    bounded before scoring, they run (unbounded, a 200,000-token sequence asks for a 10 GB attention mask)."""
     out = tmp_path / "cal.json"
     argv = ["calibrate", "--model", str(d / "ckpt"), "--data", str(d / "long.jsonl"), "--output", str(out)]
-    assert main([*argv, "--max_length", "100000"]) == 0
-    assert json.loads(out.read_text())["num_sequences"] == 2  # the long record too, cut to the context
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["num_sequences"] == 2  # the long record too, cut at 1024 tokens
     topk = ["analyze", "topk", "--model", str(d / "ckpt"), "--data", str(d / "long.jsonl")]
-    assert main([*topk, "--max_length", "none", "--output_dir", str(tmp_path / "topk")]) == 0
+    for i, max_length in enumerate(["none", "100000"]):
+        assert main([*topk, "--max_length", max_length, "--output_dir", str(tmp_path / f"topk{i}")]) == 0
 
 
 def test_overlong_prompts_are_dropped_by_default(d, tmp_path, caplog):

@@ -6,7 +6,7 @@ The options are ``sedsft sft``'s, spelled the same (:class:`~sedsft.calibrate.Ca
 ``--mask_ratio``, ``--calibration_preset``, ``--calibration_examples`` ...; ``--top_k``, ``--seed``,
 ``--max_length``, ``--overflow``, ``--system_prompt``), so the printed tau is the one training would
 calibrate; pass it to ``sedsft sft --tau`` to skip that step. Records are bounded as sft bounds them:
-by the smallest of ``--max_length``, the model's context and the tokenizer's ``model_max_length``.
+by ``--max_length``, per ``--overflow``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,11 @@ def main(argv: list[str]) -> int:
     records = load_records(a.data)
     path = m.checked()  # before the data is tokenized: a wrong path fails at once
     check_tok, limit = local_token_limit(  # as sft bounds records, read before the weights are
-        path, tokenizer=m.tokenizer, max_length=a.max_length, trust_remote_code=m.trust_remote_code
+        path,
+        tokenizer=m.tokenizer,
+        max_length=a.max_length,
+        max_length_wins=True,
+        trust_remote_code=m.trust_remote_code,
     )
     if o.overflow == "error":
         sample = sample_indices(len(records), examples=spec.examples, seed=spec.seed, rule=spec.sample)

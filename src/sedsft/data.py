@@ -343,11 +343,22 @@ class TokenLimit:
 
 
 def token_limit(
-    *, max_length: int | None = None, config=None, tokenizer=None, flag: str = "--max_length"
+    *,
+    max_length: int | None = None,
+    config=None,
+    tokenizer=None,
+    flag: str = "--max_length",
+    max_length_wins: bool = False,
 ) -> TokenLimit:
     """The smallest of ``max_length`` (the command's option), the model config's context and the
     tokenizer's ``model_max_length`` (when the tokenizer records one): what a record is checked against
-    before any tensor is made."""
+    before any tensor is made.
+
+    ``max_length_wins`` (training: sft, and calibrate, which must tokenize as sft does): a given
+    ``max_length`` is the limit even past the model's context, as long-context fine-tuning runs (the
+    paper's recipe: 32,000 tokens on a 4,096-position model); the context bounds only without one."""
+    if max_length is not None and max_length_wins:
+        return TokenLimit(int(max_length), flag)
     bounds = []
     if max_length is not None:
         bounds.append((int(max_length), flag))
@@ -513,11 +524,12 @@ def local_token_limit(
     *,
     tokenizer: str | None = None,
     max_length: int | None = None,
+    max_length_wins: bool = False,
     trust_remote_code: bool = False,
 ):
     """``(tokenizer, TokenLimit)`` of a local checkpoint, read without loading its weights: the smallest
-    of ``max_length``, the model config's context and the tokenizer's ``model_max_length``. For checks
-    made before the run folder is opened."""
+    of ``max_length``, the model config's context and the tokenizer's ``model_max_length`` (see
+    :func:`token_limit` for ``max_length_wins``). For checks made before the run folder is opened."""
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -528,7 +540,9 @@ def local_token_limit(
     except (OSError, ValueError) as e:  # unreadable config or tokenizer files in the user's folder
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot read the model config or tokenizer in {tokenizer or model}: {first}") from e
-    return tok, token_limit(max_length=max_length, config=config, tokenizer=tok)
+    return tok, token_limit(
+        max_length=max_length, config=config, tokenizer=tok, max_length_wins=max_length_wins
+    )
 
 
 def check_records_fit(

@@ -50,7 +50,7 @@ def _check_lengths(records, model_path: str, args) -> None:
     from sedsft.data import check_records_fit, local_token_limit
 
     tokenizer, limit = local_token_limit(
-        model_path, max_length=args.max_length, trust_remote_code=args.trust_remote_code
+        model_path, max_length=args.max_length, max_length_wins=True, trust_remote_code=args.trust_remote_code
     )
     if args.chat_template_path is not None and os.path.isfile(args.chat_template_path):
         with open(args.chat_template_path, encoding="utf-8") as f:

@@ -69,12 +69,14 @@ class SEDSFTTrainer(SFTTrainer):
             processing_class.pad_token = processing_class.eos_token
         _refuse_lora_on_head(model, kwargs.get("peft_config"))
         self.data_report = None
-        # records are bounded before any tensor exists: --max_length, the model's context, the tokenizer's
+        # records are bounded before any tensor exists: by --max_length, else the model's context
+        config = getattr(model, "config", None)
         self.token_limit = token_limit(
-            max_length=args.max_length, config=getattr(model, "config", None), tokenizer=processing_class
+            max_length=args.max_length, config=config, tokenizer=processing_class, max_length_wins=True
         )
-        if args.max_length is not None and self.token_limit.tokens < args.max_length:
-            logger.info("records are bounded at %s, below --max_length %d", self.token_limit, args.max_length)
+        context = token_limit(config=config, tokenizer=processing_class)
+        if args.max_length is not None and context.tokens is not None and args.max_length > context.tokens:
+            logger.info("--max_length %d is past %s: longer examples train past it", args.max_length, context)
         self._calibration_data = train_dataset  # as given: raw records are tokenized as sedsft calibrate does
         train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
