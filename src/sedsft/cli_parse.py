@@ -447,9 +447,9 @@ class RunOptions:
 
 
 OVERFLOW_HELP = (
-    "a record longer than the token limit (the smallest of --max_length where the command has one, the "
-    "model's context, the tokenizer's model_max_length): 'truncate' its end, 'drop' it (counted), or "
-    "'error' (refused naming its file and line)"
+    "a record longer than the command's token limit (sft, calibrate: --max_length, or with none the model's "
+    "context; analyze: both; prompts and questions: the model's context or the tokenizer's "
+    "model_max_length): 'truncate' its end, 'drop' it (counted), or 'error' (refused naming its file and line)"
 )
 
 
