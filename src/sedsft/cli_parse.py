@@ -454,7 +454,9 @@ OVERFLOW_HELP = (
 
 
 def overflow_field(default: str):
-    """The one ``--overflow`` option; commands differ only in its default (see the groups below)."""
+    """The one ``--overflow`` option; commands differ only in its default: truncate for sft, calibrate and
+    analyze (:class:`OverflowOptions`), drop for grpo and filter (a question cut short has lost what it
+    asks, and verl filters overlong prompts too), error for eval (a benchmark is scored whole)."""
     return field(
         default=default, metadata={"help": f"{OVERFLOW_HELP}; default {default}", "choices": list(OVERFLOW)}
     )
@@ -468,19 +470,3 @@ class OverflowOptions:
 
     def __post_init__(self):
         check_overflow(self.overflow)
-
-
-@dataclass
-class PromptOverflowOptions(OverflowOptions):
-    """Prompts longer than the token limit (grpo, filter): dropped by default, as verl filters overlong
-    prompts: a question cut short has lost what it asks. ``truncate`` cuts the end of the last user turn."""
-
-    overflow: str = overflow_field("drop")
-
-
-@dataclass
-class QuestionOverflowOptions(OverflowOptions):
-    """Benchmark questions longer than the token limit (eval): refused by default, since a benchmark is
-    scored whole; ``drop`` leaves them out (counted), ``truncate`` cuts the question's end."""
-
-    overflow: str = overflow_field("error")

@@ -22,11 +22,12 @@ from sedsft.cli_parse import (
     BackendOptions,
     GradingOptions,
     ModelOptions,
-    QuestionOverflowOptions,
     RunOptions,
+    overflow_field,
     parse_command,
     system_prompt_value,
 )
+from sedsft.data import OVERFLOW
 from sedsft.errors import UserError, check_choice, check_count
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -77,6 +78,8 @@ class EvalArgs:
     )
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
+    # a question longer than the model's context: refused, since a benchmark is scored whole
+    overflow: str = overflow_field("error")
     batch_size: int = field(default=8, metadata={"help": "problems per generate call"})
     run_name: str | None = field(
         default=None,
@@ -89,6 +92,7 @@ class EvalArgs:
         from sedsft.eval.protocol import PROTOCOLS
 
         check_choice("protocol", self.protocol, PROTOCOLS)
+        check_choice("overflow", self.overflow, OVERFLOW)
         overrides = {k: getattr(self, k) for k in SAMPLING_OVERRIDES if getattr(self, k) is not None}
         SamplingConfig(**overrides)  # each given override is checked as the sampling config checks it
         check_count("limit", self.limit, allow_none=True)
@@ -98,14 +102,13 @@ class EvalArgs:
 
 
 def main(argv: list[str]) -> int:
-    args, model, backend, grading, overflow, run_options = parse_command(
+    args, model, backend, grading, run_options = parse_command(
         "eval",
         argv,
         EvalArgs,
         ModelOptions,
         BackendOptions,
         GradingOptions,
-        QuestionOverflowOptions,
         RunOptions,
         description=__doc__.split("\n")[0],
     )
@@ -118,7 +121,7 @@ def main(argv: list[str]) -> int:
                 f"{', '.join(given)} apply to --model runs; --responses files are graded as they are"
             )
         return _grade_responses(args, grading, run_options)
-    return _evaluate_model(args, model, backend, grading, overflow, run_options)
+    return _evaluate_model(args, model, backend, grading, run_options)
 
 
 def _bound_questions(problems: dict, tokenizer, limit, *, overflow: str, args) -> dict:
@@ -152,7 +155,7 @@ def _bound_questions(problems: dict, tokenizer, limit, *, overflow: str, args) -
     return out
 
 
-def _evaluate_model(args, model, backend_options, grading, overflow, run_options) -> int:
+def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     from sedsft.data import local_token_limit
     from sedsft.eval.benchmarks import load, parse_names
     from sedsft.eval.generation import backend_from_options
@@ -168,7 +171,7 @@ def _evaluate_model(args, model, backend_options, grading, overflow, run_options
     tokenizer, limit = local_token_limit(
         str(path), tokenizer=model.tokenizer, trust_remote_code=model.trust_remote_code
     )
-    problems = _bound_questions(problems, tokenizer, limit, overflow=overflow.overflow, args=args)
+    problems = _bound_questions(problems, tokenizer, limit, overflow=args.overflow, args=args)
     sampling = resolve_sampling(
         names,
         protocol=args.protocol,
@@ -178,7 +181,7 @@ def _evaluate_model(args, model, backend_options, grading, overflow, run_options
     out = Path(args.output_dir)
     caller = RunSpec(
         "eval",
-        settings=settings_of(args, model, backend_options, grading, overflow),
+        settings=settings_of(args, model, backend_options, grading),
         inputs={"model": path, "tokenizer": model.tokenizer},
     )
     spec = run_spec(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from sedsft.cli_parse import CommandParser, PromptOverflowOptions, RunOptions, TrainModelOptions
+from sedsft.cli_parse import CommandParser, RunOptions, TrainModelOptions
 from sedsft.errors import UserError
 
 
@@ -28,9 +28,7 @@ def build_parser() -> CommandParser:
 
     renamed = {"--resume": "a plain rerun (it resumes), or --overwrite (it starts over)"}
     return CommandParser(
-        "grpo",
-        (GRPOScriptArguments, SEDGRPOConfig, TrainModelOptions, PromptOverflowOptions, RunOptions),
-        renamed=renamed,
+        "grpo", (GRPOScriptArguments, SEDGRPOConfig, TrainModelOptions, RunOptions), renamed=renamed
     )
 
 
@@ -60,7 +58,7 @@ def _bounded(train, evaluation, model: str, config, overflow: str):
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    script, config, model_args, overflow, run_options = build_parser().parse(argv)
+    script, config, model_args, run_options = build_parser().parse(argv)
     from trl import get_peft_config
 
     from sedsft.models import check_local_model, check_tokenizer_folder
@@ -78,11 +76,11 @@ def main(argv: list[str]) -> int:
     options = {"system_prompt": script.system_prompt, "missing_gold": script.missing_gold}
     train = load_rl_prompts(script.dataset_path, limit=script.max_prompts, **options)
     evaluation = load_rl_prompts(script.eval_dataset_path, **options) if script.eval_dataset_path else None
-    train, evaluation = _bounded(train, evaluation, model, config, overflow.overflow)
+    train, evaluation = _bounded(train, evaluation, model, config, script.overflow)
     config.model_init_kwargs = model_init_kwargs(config, model_args)
     spec = RunSpec(
         "grpo",
-        settings={**settings_of(script, overflow), **training_settings(config, model_args)},
+        settings={**settings_of(script), **training_settings(config, model_args)},
         inputs={"model": model, "data": script.dataset_path, "eval_data": script.eval_dataset_path},
     )
     run = open_training_run(config, spec, overwrite=run_options.overwrite)

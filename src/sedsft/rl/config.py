@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from sedsft.cli_parse import SYSTEM_PROMPT_HELP, system_prompt_value
+from sedsft.cli_parse import SYSTEM_PROMPT_HELP, overflow_field, system_prompt_value
+from sedsft.data import check_overflow
 from sedsft.errors import UserError, check_count, check_finite_fields, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.train.config import default_bf16_to_hardware
@@ -189,6 +190,9 @@ class GRPOScriptArguments:
     max_prompts: int | None = field(
         default=None, metadata={"help": "Use only the first N prompts of the file (smoke tests)."}
     )
+    # prompts longer than the model's context: dropped, as verl filters overlong prompts (a question cut
+    # short has lost what it asks); "truncate" cuts the end of the last user turn
+    overflow: str = overflow_field("drop")
     reward_workers: int = field(
         default=0,
         metadata={
@@ -202,6 +206,7 @@ class GRPOScriptArguments:
 
     def __post_init__(self):
         self.system_prompt = system_prompt_value(self.system_prompt)
+        check_overflow(self.overflow)
         check_count("max_prompts", self.max_prompts, allow_none=True)
         check_count("reward_workers", self.reward_workers, minimum=0)
         check_number("reward_timeout_s", self.reward_timeout_s, low=0, open_low=True)

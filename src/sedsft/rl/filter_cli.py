@@ -22,11 +22,12 @@ from sedsft.cli_parse import (
     BackendOptions,
     GradingOptions,
     ModelOptions,
-    PromptOverflowOptions,
     RunOptions,
+    overflow_field,
     parse_command,
     system_prompt_value,
 )
+from sedsft.data import OVERFLOW
 from sedsft.errors import check_choice, check_count
 from sedsft.io import atomic_write_json, atomic_write_text, read_json
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
@@ -45,6 +46,7 @@ class FilterArgs:
     )
     limit: int | None = field(default=None, metadata={"help": "only the first LIMIT records"})
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
+    overflow: str = overflow_field("drop")  # a question cut short has lost what it asks (as grpo's)
     output_format: str = field(
         default="same",
         metadata={"help": "kept prompts: the input's layout ('same') or verl's", "choices": ["same", "verl"]},
@@ -59,6 +61,7 @@ class FilterArgs:
         check_count("limit", self.limit, allow_none=True)
         check_count("batch_size", self.batch_size)
         check_choice("output_format", self.output_format, ("same", "verl"))
+        check_choice("overflow", self.overflow, OVERFLOW)
         self.system_prompt = system_prompt_value(self.system_prompt)
 
 
@@ -94,7 +97,7 @@ def _report(summary: dict, *, again: bool) -> None:
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args, config, model, backend_options, grading, overflow, run_options = parse_command(
+    args, config, model, backend_options, grading, run_options = parse_command(
         "filter",
         argv,
         FilterArgs,
@@ -102,7 +105,6 @@ def main(argv: list[str]) -> int:
         ModelOptions,
         BackendOptions,
         GradingOptions,
-        PromptOverflowOptions,
         RunOptions,
         description=__doc__.split("\n")[0],
     )
@@ -121,10 +123,10 @@ def main(argv: list[str]) -> int:
     tokenizer, limit = local_token_limit(
         model.model, tokenizer=model.tokenizer, trust_remote_code=model.trust_remote_code
     )
-    prompts = bound_prompts(prompts, tokenizer, limit=limit, overflow=overflow.overflow)
+    prompts = bound_prompts(prompts, tokenizer, limit=limit, overflow=args.overflow)
     spec = RunSpec(
         "filter",
-        settings=settings_of(args, config, model, backend_options, grading, overflow),
+        settings=settings_of(args, config, model, backend_options, grading),
         inputs={"model": model.model, "tokenizer": model.tokenizer, "data": data_path},
     )
     run = open_run(out_dir, spec, overwrite=run_options.overwrite)
