@@ -216,6 +216,9 @@ def test_token_limit_is_the_smallest_bound():
     assert data.token_limit(max_length=1024, config=config, tokenizer=tok).tokens == 512
     assert data.token_limit(max_length=100, config=config, tokenizer=tok).reason == "--max_length"
     assert data.token_limit(tokenizer=tok).tokens is None
+    # training keeps a --max_length past the context (the paper's recipe); without one the context bounds
+    assert data.token_limit(max_length=1024, config=config, max_length_wins=True).tokens == 1024
+    assert data.token_limit(config=config, max_length_wins=True).tokens == 512
     tok.model_max_length = 300
     assert data.token_limit(max_length=1024, config=config, tokenizer=tok).tokens == 300
     roped = LlamaConfig(
