@@ -66,7 +66,8 @@ def main(argv: list[str]) -> int:
     a, options, m, o = parser.parse(argv)
     spec = options.calibration_spec(top_k=a.top_k, seed=a.seed)  # checked before anything is loaded
     from sedsft.calibrate import calibrate_records, sample_indices
-    from sedsft.data import check_records_fit, load_records, local_token_limit
+    from sedsft.data import check_records_fit, load_records
+    from sedsft.limits import local_token_limit
     from sedsft.models import load_local_model
 
     records = load_records(a.data)

@@ -51,8 +51,8 @@ from typing import Any
 
 from trl import ModelConfig, TrlParser
 
-from sedsft.data import OVERFLOW, check_overflow
 from sedsft.errors import UserError, check_choice, check_count, check_number
+from sedsft.limits import OVERFLOW, check_overflow
 from sedsft.models import DTYPES, check_device
 
 BACKENDS = ("auto", "hf", "vllm")

@@ -15,8 +15,8 @@ Inputs are bounded before they are read whole. A JSONL file is read line by line
 than :data:`MAX_RECORD_BYTES` is refused with its file and line before it is parsed; a ``.json`` file
 (one document) above :data:`MAX_JSON_BYTES` is refused (write it as JSONL); a Parquet row group is
 read one at a time and a record above the cap is refused with its row. A record within the cap is
-tokenized against a token limit (:func:`token_limit`: ``--max_length``, the model's context, the
-tokenizer's ``model_max_length``): only a prefix of :data:`CHARS_PER_TOKEN` characters per token of the
+tokenized against a token limit (:mod:`sedsft.limits`: ``--max_length``, the model's context, the
+tokenizer's ``model_max_length``): only a prefix of ``CHARS_PER_TOKEN`` characters per token of the
 limit is ever handed to the tokenizer, so no tokenizer sees a string of unbounded size.
 """
 
@@ -34,20 +34,18 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .limits import CHARS_PER_TOKEN, TokenLimit, check_overflow, token_ids, too_long
+from .limits import OVERFLOW as OVERFLOW  # --overflow's choices, importable from here as before
 from .prompts import DEFAULT_SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
-OVERFLOW = ("truncate", "drop", "error")  # what a record longer than the token limit gets (--overflow)
 IGNORE_INDEX = -100
 # One record (a JSONL line, a Parquet row) at most: 64 MiB of text is some 16M tokens, far beyond any
 # model's context, and far below the gigabyte strings on which a tokenizer panics or memory runs out.
 MAX_RECORD_BYTES = 64 * 2**20
 MAX_JSON_BYTES = 256 * 2**20  # a .json file is one document, parsed whole: larger ones go as JSONL
-# Text handed to the tokenizer is cut at this many characters per token of the limit: real text
-# averages 3-5 characters per token, so the cut is never within the limit's tokens in practice.
-CHARS_PER_TOKEN = 32
 
 # (prompt field, completion field), first match wins; "messages" and "prompt"/"completion" are tried first.
 _QA_LAYOUTS: tuple[tuple[str, str], ...] = (
@@ -314,84 +312,6 @@ def _messages(value: Any, source: str, name: str) -> list[dict]:
 
 # ---- conversations -> token ids -------------------------------------------------------------------
 
-# Tokenizers write a huge number (1e30) as model_max_length when the model's length is not recorded.
-_UNSET_MODEL_MAX_LENGTH = 10**12
-
-
-def config_context(config) -> int | None:
-    """Positions a model config is made for (``max_position_embeddings``, RoPE scaling included), if known."""
-    n = getattr(config, "max_position_embeddings", None)
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        return None
-    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None)
-    rope = rope if isinstance(rope, dict) else {}
-    factor, original = rope.get("factor"), rope.get("original_max_position_embeddings")
-    if isinstance(factor, int | float) and isinstance(original, int):
-        n = max(n, int(factor * original))
-    return n
-
-
-@dataclass(frozen=True)
-class TokenLimit:
-    """The most tokens one sequence may have, and where that bound comes from (for messages)."""
-
-    tokens: int | None  # None: nothing bounds it
-    reason: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.tokens} tokens ({self.reason})" if self.tokens is not None else "no limit"
-
-
-def token_limit(
-    *,
-    max_length: int | None = None,
-    config=None,
-    tokenizer=None,
-    flag: str = "--max_length",
-    max_length_wins: bool = False,
-) -> TokenLimit:
-    """The smallest of ``max_length`` (the command's option), the model config's context and the
-    tokenizer's ``model_max_length`` (when the tokenizer records one): what a record is checked against
-    before any tensor is made.
-
-    ``max_length_wins`` (training: sft, and calibrate, which must tokenize as sft does): a given
-    ``max_length`` is the limit even past the model's context, as long-context fine-tuning runs (the
-    paper's recipe: 32,000 tokens on a 4,096-position model); the context bounds only without one."""
-    if max_length is not None and max_length_wins:
-        return TokenLimit(int(max_length), flag)
-    bounds = []
-    if max_length is not None:
-        bounds.append((int(max_length), flag))
-    context = config_context(config) if config is not None else None
-    if context is not None:
-        bounds.append((context, "the model's context, max_position_embeddings"))
-    n = getattr(tokenizer, "model_max_length", None)
-    if isinstance(n, int) and 0 < n < _UNSET_MODEL_MAX_LENGTH:
-        bounds.append((n, "the tokenizer's model_max_length"))
-    if not bounds:
-        return TokenLimit(None)
-    tokens, reason = min(bounds, key=lambda b: b[0])
-    return TokenLimit(tokens, reason)
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def check_overflow(overflow: str) -> str:
-    if overflow not in OVERFLOW:
-        raise UserError(f"overflow must be one of {', '.join(OVERFLOW)}, got {overflow!r}")
-    return overflow
-
-
-def too_long(source: str, what: str, limit: int, reason: str) -> UserError:
-    """The one message for a record longer than the token limit under ``--overflow error``."""
-    fix = f"raise {reason}" if reason.startswith("--") else "use a model with a longer context"
-    return UserError(
-        f"{source}: {what} is longer than {limit} tokens ({reason}); shorten the record, {fix}, "
-        "or pass --overflow truncate or drop"
-    )
-
 
 @dataclass(frozen=True)
 class Tokenized:
@@ -422,8 +342,10 @@ def tokenize_bounded(tokenizer, conv: dict, *, max_length: int | None = None) ->
         )
     chars = len(full_text) if max_length is None else min(len(full_text), CHARS_PER_TOKEN * max_length)
     cut_text = chars < len(full_text)
-    prompt_ids = _ids(tokenizer, prompt_text[:chars])
-    completion_ids = _ids(tokenizer, full_text[len(prompt_text) : chars]) if chars > len(prompt_text) else []
+    prompt_ids = token_ids(tokenizer, prompt_text[:chars])
+    completion_ids = (
+        token_ids(tokenizer, full_text[len(prompt_text) : chars]) if chars > len(prompt_text) else []
+    )
     labels = list(completion_ids)
     ends = _end_of_turn_ids(tokenizer)
     last_end = max((i for i, t in enumerate(completion_ids) if t in ends), default=None)
@@ -466,83 +388,6 @@ def tokenize_conversation(
     if out.truncated and overflow == "drop":
         return None
     return out.row
-
-
-def _render_prompt(tokenizer, messages: list[dict]) -> str:
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise UserError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use a chat model's "
-            "tokenizer"
-        )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def _prompt_fits(tokenizer, messages: list[dict], limit: int) -> bool:
-    text = _render_prompt(tokenizer, messages)
-    return len(text) <= CHARS_PER_TOKEN * limit and len(_ids(tokenizer, text)) <= limit
-
-
-def bound_prompt(
-    tokenizer,
-    messages: list[dict],
-    *,
-    limit: TokenLimit,
-    overflow: str,
-    source: str,
-    what: str = "the prompt",
-) -> list[dict] | None:
-    """``messages`` whose generation prompt (chat template, assistant turn opened) fits ``limit``.
-
-    A longer one: ``overflow="drop"`` gives None, ``"error"`` raises a UserError naming ``source``,
-    ``"truncate"`` cuts the end of the last user turn so that the rendered prompt fits (None when even
-    an empty user turn does not). The tokenizer sees at most ``CHARS_PER_TOKEN * limit`` characters.
-    """
-    check_overflow(overflow)
-    if limit.tokens is None or _prompt_fits(tokenizer, messages, limit.tokens):
-        return messages
-    if overflow == "error":
-        raise too_long(source, what, limit.tokens, limit.reason)
-    user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    if overflow == "drop" or user is None:
-        return None
-
-    def with_user(content: str) -> list[dict]:
-        return [*messages[:user], {**messages[user], "content": content}, *messages[user + 1 :]]
-
-    budget = limit.tokens - len(_ids(tokenizer, _render_prompt(tokenizer, with_user(""))))
-    ids = _ids(tokenizer, messages[user]["content"][: CHARS_PER_TOKEN * max(budget, 0)])[: max(budget, 0)]
-    while ids:  # decoding and encoding again may merge or split a token at the cut: shorten until it fits
-        cut = with_user(tokenizer.decode(ids))
-        if _prompt_fits(tokenizer, cut, limit.tokens):
-            return cut
-        ids = ids[: -max(1, len(ids) // 64)]
-    return None
-
-
-def local_token_limit(
-    model: str,
-    *,
-    tokenizer: str | None = None,
-    max_length: int | None = None,
-    max_length_wins: bool = False,
-    trust_remote_code: bool = False,
-):
-    """``(tokenizer, TokenLimit)`` of a local checkpoint, read without loading its weights: the smallest
-    of ``max_length``, the model config's context and the tokenizer's ``model_max_length`` (see
-    :func:`token_limit` for ``max_length_wins``). For checks made before the run folder is opened."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code, local_files_only=True)
-        tok = AutoTokenizer.from_pretrained(
-            tokenizer or model, trust_remote_code=trust_remote_code, local_files_only=True
-        )
-    except (OSError, ValueError) as e:  # unreadable config or tokenizer files in the user's folder
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot read the model config or tokenizer in {tokenizer or model}: {first}") from e
-    return tok, token_limit(
-        max_length=max_length, config=config, tokenizer=tok, max_length_wins=max_length_wins
-    )
 
 
 def check_records_fit(

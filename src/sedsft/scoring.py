@@ -58,7 +58,7 @@ def check_top_k(k, *, name: str = "top_k") -> int:
 
 def context_length(model: nn.Module) -> int | None:
     """Positions the model is configured for (``max_position_embeddings``, RoPE scaling included), if known."""
-    from sedsft.data import config_context
+    from sedsft.limits import config_context
 
     return config_context(getattr(unwrap(model), "config", None))
 

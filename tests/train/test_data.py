@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sedsft import data
+from sedsft import data, limits
 from sedsft.data import SFTCollator, build_sft_dataset, load_records, to_conversation, tokenize_conversation
 from sedsft.errors import UserError
 
@@ -186,7 +186,7 @@ def test_only_a_bounded_prefix_reaches_the_tokenizer():
     conv = to_conversation({"question": "q", "response": "ab" * 50_000}, system_prompt=None)
     counting = _Counting(tok)
     out = data.tokenize_bounded(counting, conv, max_length=64)
-    assert out.truncated and max(counting.seen) <= data.CHARS_PER_TOKEN * 64
+    assert out.truncated and max(counting.seen) <= limits.CHARS_PER_TOKEN * 64
     # the same tokens as tokenizing everything and cutting afterwards (the char tokenizer: 1 token/char)
     text = tok.apply_chat_template(conv["prompt"] + conv["completion"], tokenize=False)
     assert out.row["input_ids"] == tok(text, add_special_tokens=False)["input_ids"][:64]
@@ -213,31 +213,31 @@ def test_token_limit_is_the_smallest_bound():
 
     tok = tiny_tokenizer()  # model_max_length unset: tokenizers write 1e30, which bounds nothing
     config = LlamaConfig(max_position_embeddings=512)
-    assert data.token_limit(max_length=1024, config=config, tokenizer=tok).tokens == 512
-    assert data.token_limit(max_length=100, config=config, tokenizer=tok).reason == "--max_length"
-    assert data.token_limit(tokenizer=tok).tokens is None
+    assert limits.token_limit(max_length=1024, config=config, tokenizer=tok).tokens == 512
+    assert limits.token_limit(max_length=100, config=config, tokenizer=tok).reason == "--max_length"
+    assert limits.token_limit(tokenizer=tok).tokens is None
     # training keeps a --max_length past the context (the paper's recipe); without one the context bounds
-    assert data.token_limit(max_length=1024, config=config, max_length_wins=True).tokens == 1024
-    assert data.token_limit(config=config, max_length_wins=True).tokens == 512
+    assert limits.token_limit(max_length=1024, config=config, max_length_wins=True).tokens == 1024
+    assert limits.token_limit(config=config, max_length_wins=True).tokens == 512
     tok.model_max_length = 300
-    assert data.token_limit(max_length=1024, config=config, tokenizer=tok).tokens == 300
+    assert limits.token_limit(max_length=1024, config=config, tokenizer=tok).tokens == 300
     roped = LlamaConfig(
         max_position_embeddings=4096,
         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
     )
-    assert data.config_context(roped) == 16384
+    assert limits.config_context(roped) == 16384
 
 
 def test_prompts_are_fitted_to_the_limit():
     tok = tiny_tokenizer()
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "0123456789" * 100}]
-    limit = data.TokenLimit(200, "the model's context")
-    cut = data.bound_prompt(tok, messages, limit=limit, overflow="truncate", source="p.jsonl:3")
+    limit = limits.TokenLimit(200, "the model's context")
+    cut = limits.bound_prompt(tok, messages, limit=limit, overflow="truncate", source="p.jsonl:3")
     rendered = tok.apply_chat_template(cut, tokenize=False, add_generation_prompt=True)
     assert len(tok(rendered, add_special_tokens=False)["input_ids"]) == 200  # exactly full: 1 token per char
     assert messages[1]["content"].startswith(cut[1]["content"]) and cut[0] == messages[0]
-    assert data.bound_prompt(tok, messages, limit=limit, overflow="drop", source="p") is None
+    assert limits.bound_prompt(tok, messages, limit=limit, overflow="drop", source="p") is None
     with pytest.raises(UserError, match=r"p.jsonl:3: the prompt is longer than 200 tokens"):
-        data.bound_prompt(tok, messages, limit=limit, overflow="error", source="p.jsonl:3")
+        limits.bound_prompt(tok, messages, limit=limit, overflow="error", source="p.jsonl:3")
     short = messages[:1] + [{"role": "user", "content": "1+1?"}]
-    assert data.bound_prompt(tok, short, limit=limit, overflow="error", source="p") is short
+    assert limits.bound_prompt(tok, short, limit=limit, overflow="error", source="p") is short

@@ -303,7 +303,8 @@ def run_heatmap(
 def _token_limit(args: AnalysisArgs, model_options: ModelOptions, overflow: OverflowOptions, records):
     """What an example is bounded by (--max_length, the model's context, the tokenizer's model_max_length),
     read before the run folder is opened; with ``--overflow error`` the ``records`` to score are checked."""
-    from sedsft.data import check_records_fit, local_token_limit
+    from sedsft.data import check_records_fit
+    from sedsft.limits import local_token_limit
 
     tokenizer, limit = local_token_limit(
         model_options.checked(),

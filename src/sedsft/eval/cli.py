@@ -27,8 +27,8 @@ from sedsft.cli_parse import (
     parse_command,
     system_prompt_value,
 )
-from sedsft.data import OVERFLOW
 from sedsft.errors import UserError, check_choice, check_count
+from sedsft.limits import OVERFLOW
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 SAMPLING_OVERRIDES = ("n", "temperature", "top_p", "max_new_tokens")
@@ -125,11 +125,11 @@ def main(argv: list[str]) -> int:
 
 
 def _bound_questions(problems: dict, tokenizer, limit, *, overflow: str, args) -> dict:
-    """Each benchmark's problems whose prompt fits ``limit`` (``sedsft.data.bound_prompt``), per ``overflow``."""
+    """Each benchmark's problems whose prompt fits ``limit`` (``sedsft.limits.bound_prompt``), per ``overflow``."""
     import logging
     from dataclasses import replace
 
-    from sedsft.data import bound_prompt
+    from sedsft.limits import bound_prompt
     from sedsft.prompts import build_messages
 
     out = {}
@@ -156,11 +156,11 @@ def _bound_questions(problems: dict, tokenizer, limit, *, overflow: str, args) -
 
 
 def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
-    from sedsft.data import local_token_limit
     from sedsft.eval.benchmarks import load, parse_names
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.protocol import resolve_sampling
     from sedsft.eval.runner import evaluate, run_spec
+    from sedsft.limits import local_token_limit
     from sedsft.runs import RunSpec, open_run, settings_of
 
     path = Path(model.checked())  # before any output is written

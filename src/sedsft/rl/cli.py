@@ -44,7 +44,7 @@ def model_init_kwargs(config, model_args) -> dict:
 
 def _bounded(train, evaluation, model: str, config, overflow: str):
     """The prompts fitted to the model's context (``--overflow``), before the trainer makes a tensor of them."""
-    from sedsft.data import local_token_limit
+    from sedsft.limits import local_token_limit
     from sedsft.rl.prompts import bound_prompts
 
     tokenizer, limit = local_token_limit(model, trust_remote_code=config.trust_remote_code)

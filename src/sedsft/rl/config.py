@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from sedsft.cli_parse import SYSTEM_PROMPT_HELP, overflow_field, system_prompt_value
-from sedsft.data import check_overflow
 from sedsft.errors import UserError, check_count, check_finite_fields, check_number
+from sedsft.limits import check_overflow
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.train.config import default_bf16_to_hardware
 

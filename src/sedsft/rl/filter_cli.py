@@ -27,9 +27,9 @@ from sedsft.cli_parse import (
     parse_command,
     system_prompt_value,
 )
-from sedsft.data import OVERFLOW
 from sedsft.errors import check_choice, check_count
 from sedsft.io import atomic_write_json, atomic_write_text, read_json
+from sedsft.limits import OVERFLOW
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.rl.filter import FilterConfig
 
@@ -108,9 +108,10 @@ def main(argv: list[str]) -> int:
         RunOptions,
         description=__doc__.split("\n")[0],
     )
-    from sedsft.data import load_records, local_token_limit
+    from sedsft.data import load_records
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.grader_pool import open_grader
+    from sedsft.limits import local_token_limit
     from sedsft.rl.filter import filter_prompts
     from sedsft.rl.prompts import bound_prompts, rl_prompts_from_records
     from sedsft.rl.verl import to_verl_rows, write_verl_parquet

@@ -243,12 +243,12 @@ def load_rl_prompts(
 def bound_prompts(
     prompts: Sequence[RLPrompt], tokenizer, *, limit, overflow: str, what: str = "prompts"
 ) -> list[RLPrompt]:
-    """``prompts`` whose generation prompt fits ``limit`` (a :class:`sedsft.data.TokenLimit`), per
-    ``overflow`` (:func:`sedsft.data.bound_prompt`): dropped ones are counted in a warning naming the
+    """``prompts`` whose generation prompt fits ``limit`` (a :class:`sedsft.limits.TokenLimit`), per
+    ``overflow`` (:func:`sedsft.limits.bound_prompt`): dropped ones are counted in a warning naming the
     first, ``error`` refuses the first naming its file and line. A prompt keeps its ``index``."""
     from dataclasses import replace
 
-    from sedsft.data import bound_prompt
+    from sedsft.limits import bound_prompt
 
     out, dropped, truncated = [], [], 0
     for p in prompts:

@@ -46,8 +46,9 @@ def _resume_value(value):
 
 
 def _check_lengths(records, model_path: str, args) -> None:
-    """``--overflow error``: every record within the trainer's token limit (sedsft.data.token_limit)."""
-    from sedsft.data import check_records_fit, local_token_limit
+    """``--overflow error``: every record within the trainer's token limit (sedsft.limits.token_limit)."""
+    from sedsft.data import check_records_fit
+    from sedsft.limits import local_token_limit
 
     tokenizer, limit = local_token_limit(
         model_path, max_length=args.max_length, max_length_wins=True, trust_remote_code=args.trust_remote_code

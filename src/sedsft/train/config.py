@@ -17,8 +17,8 @@ from trl import SFTConfig
 
 from sedsft.calibrate import CalibrationOptions, check_tau
 from sedsft.cli_parse import SYSTEM_PROMPT_HELP, overflow_field, system_prompt_value
-from sedsft.data import check_overflow
 from sedsft.errors import UserError, check_finite_fields
+from sedsft.limits import check_overflow
 from sedsft.losses import IMPLS, OBJECTIVES, get_objective
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 

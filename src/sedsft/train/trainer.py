@@ -37,8 +37,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, pack_dataset
 
 from sedsft.calibrate import CALIBRATION_FILE, Calibration, LazyTokenized, calibrate
-from sedsft.data import SFTCollator, build_sft_dataset, token_limit
+from sedsft.data import SFTCollator, build_sft_dataset
 from sedsft.errors import UserError
+from sedsft.limits import token_limit
 from sedsft.losses import BatchStats, check_fusable, fused_forward_loss, objective_loss
 
 from .callbacks import SEDSFTFilesCallback
