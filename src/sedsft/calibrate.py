@@ -218,9 +218,11 @@ class LazyTokenized(Sequence):
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         max_length: int | None = None,
         overflow: str = "truncate",
+        limit_reason: str = "--max_length",
     ):
         self.records, self.tokenizer = records, tokenizer
         self.system_prompt, self.max_length, self.overflow = system_prompt, max_length, overflow
+        self.limit_reason = limit_reason  # where max_length comes from, for overflow="error"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -228,8 +230,16 @@ class LazyTokenized(Sequence):
     def __getitem__(self, i: int) -> dict | None:
         from .data import to_conversation, tokenize_conversation
 
-        conv = to_conversation(self.records[i], system_prompt=self.system_prompt)
-        return tokenize_conversation(self.tokenizer, conv, max_length=self.max_length, overflow=self.overflow)
+        record = self.records[i]
+        conv = to_conversation(record, system_prompt=self.system_prompt)
+        return tokenize_conversation(
+            self.tokenizer,
+            conv,
+            max_length=self.max_length,
+            overflow=self.overflow,
+            source=record.get("_source", f"record {i}"),
+            reason=self.limit_reason,
+        )
 
 
 def pad_id(tokenizer) -> int:
@@ -387,10 +397,16 @@ def calibrate_records(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_length: int | None = None,
     overflow: str = "truncate",
+    limit_reason: str = "--max_length",
     source: dict | None = None,
 ) -> Calibration:
     """:func:`calibrate` on raw records (a data file's rows), tokenized as ``sedsft sft`` tokenizes them."""
     examples = LazyTokenized(
-        records, tokenizer, system_prompt=system_prompt, max_length=max_length, overflow=overflow
+        records,
+        tokenizer,
+        system_prompt=system_prompt,
+        max_length=max_length,
+        overflow=overflow,
+        limit_reason=limit_reason,
     )
     return calibrate(model, examples, spec, pad_token_id=pad_id(tokenizer), source=source)

@@ -5,7 +5,8 @@
 The options are ``sedsft sft``'s, spelled the same (:class:`~sedsft.calibrate.CalibrationOptions`:
 ``--mask_ratio``, ``--calibration_preset``, ``--calibration_examples`` ...; ``--top_k``, ``--seed``,
 ``--max_length``, ``--overflow``, ``--system_prompt``), so the printed tau is the one training would
-calibrate; pass it to ``sedsft sft --tau`` to skip that step.
+calibrate; pass it to ``sedsft sft --tau`` to skip that step. Records are bounded as sft bounds them:
+by ``--max_length``, per ``--overflow``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ import os
 from dataclasses import dataclass, field
 
 from sedsft.calibrate import CALIBRATION_FILE, DEFAULT_SEED, CalibrationOptions
-from sedsft.cli_parse import SYSTEM_PROMPT_HELP, CommandParser, ModelOptions, system_prompt_value
-from sedsft.data import OVERFLOW
-from sedsft.errors import UserError, check_choice, check_count
+from sedsft.cli_parse import (
+    SYSTEM_PROMPT_HELP,
+    CommandParser,
+    ModelOptions,
+    OverflowOptions,
+    system_prompt_value,
+)
+from sedsft.errors import UserError, check_count
 from sedsft.io import check_file_path
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -37,16 +43,12 @@ class CalibrateArgs:
     top_k: int = field(default=2, metadata={"help": "k of the mask's P_topk (the paper's 2)"})
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "sampling seed (sedsft sft's --seed)"})
     max_length: int = field(default=1024, metadata={"help": "as sedsft sft's --max_length"})
-    overflow: str = field(
-        default="truncate", metadata={"help": "as sedsft sft's --overflow", "choices": list(OVERFLOW)}
-    )
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
     output: str = field(default=CALIBRATION_FILE, metadata={"help": "where the JSON is written (atomically)"})
 
     def __post_init__(self):
         check_count("top_k", self.top_k)
         check_count("max_length", self.max_length)
-        check_choice("overflow", self.overflow, OVERFLOW)
         self.system_prompt = system_prompt_value(self.system_prompt)
         if os.path.isdir(self.output):
             raise UserError(
@@ -59,20 +61,29 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = CommandParser(
         "calibrate",
-        (CalibrateArgs, CalibrationOptions, ModelOptions),
+        (CalibrateArgs, CalibrationOptions, ModelOptions, OverflowOptions),
         description=__doc__.split("\n")[0],
         renamed=RENAMED,
     )
-    a, options, m = parser.parse(argv)
+    a, options, m, o = parser.parse(argv)
     spec = options.calibration_spec(top_k=a.top_k, seed=a.seed)  # checked before anything is loaded
-    from sedsft.calibrate import calibrate_records
-    from sedsft.data import load_records
+    from sedsft.calibrate import calibrate_records, sample_indices
+    from sedsft.data import check_records_fit, load_records
+    from sedsft.limits import local_token_limit
     from sedsft.models import load_local_model
 
     records = load_records(a.data)
-    path = m.checked(
-        system_prompt=a.system_prompt
-    )  # before the data is tokenized: a wrong path fails at once
+    path = m.checked(system_prompt=a.system_prompt)  # before the data is tokenized: a wrong path fails at once
+    check_tok, limit = local_token_limit(  # as sft bounds records, read before the weights are
+        path,
+        tokenizer=m.tokenizer,
+        max_length=a.max_length,
+        max_length_wins=True,
+        trust_remote_code=m.trust_remote_code,
+    )
+    if o.overflow == "error":
+        sample = sample_indices(len(records), examples=spec.examples, seed=spec.seed, rule=spec.sample)
+        check_records_fit([records[i] for i in sample], check_tok, limit=limit, system_prompt=a.system_prompt)
     model, tok = load_local_model(
         path,
         tokenizer_path=m.tokenizer,
@@ -88,8 +99,9 @@ def main(argv: list[str]) -> int:
         records,
         spec,
         system_prompt=a.system_prompt,
-        max_length=a.max_length,
-        overflow=a.overflow,
+        max_length=limit.tokens,
+        overflow=o.overflow,
+        limit_reason=limit.reason,
         source={"dataset": a.data, "model": path},
     )
     cal.save(a.output)

@@ -31,8 +31,9 @@ A new option is a new field; nothing else changes. What the parser does, the sam
 Shared options have one spelling everywhere, from the groups below: ``--model`` (sft/grpo also take
 TRL's ``--model_name_or_path``), ``--dtype``, ``--device`` (refused when this machine lacks it, e.g.
 ``cuda:7`` on a CPU build), ``--trust_remote_code``, ``--grading_workers``/``--grading_timeout``,
-``--overwrite``/``--wait`` (see :mod:`sedsft.runs`), and ``--system_prompt none`` (or YAML ``null``)
-for no system turn.
+``--overwrite``/``--wait`` (see :mod:`sedsft.runs`), ``--system_prompt none`` (or YAML ``null``) for no
+system turn, and ``--overflow`` (what a record longer than the token limit gets; its default depends on
+the command).
 Field metadata ``"manifest": False`` marks options that do not change results (kept out of the run manifest).
 """
 
@@ -53,6 +54,7 @@ from trl import ModelConfig, TrlParser
 
 from sedsft.cores import cap_workers
 from sedsft.errors import UserError, check_choice, check_count, check_number
+from sedsft.limits import OVERFLOW, check_overflow
 from sedsft.models import DTYPES, check_device
 
 BACKENDS = ("auto", "hf", "vllm")
@@ -478,3 +480,29 @@ class RunOptions:
             "manifest": False,
         },
     )
+
+
+OVERFLOW_HELP = (
+    "a record longer than the command's token limit (sft, calibrate: --max_length, or with none the model's "
+    "context; analyze: both; prompts and questions: the model's context or the tokenizer's "
+    "model_max_length): 'truncate' its end, 'drop' it (counted), or 'error' (refused naming its file and line)"
+)
+
+
+def overflow_field(default: str):
+    """The one ``--overflow`` option; commands differ only in its default: truncate for sft, calibrate and
+    analyze (:class:`OverflowOptions`), drop for grpo and filter (a question cut short has lost what it
+    asks, and verl filters overlong prompts too), error for eval (a benchmark is scored whole)."""
+    return field(
+        default=default, metadata={"help": f"{OVERFLOW_HELP}; default {default}", "choices": list(OVERFLOW)}
+    )
+
+
+@dataclass
+class OverflowOptions:
+    """Records longer than the token limit (sft, calibrate, analyze): truncated by default, as TRL does."""
+
+    overflow: str = overflow_field("truncate")
+
+    def __post_init__(self):
+        check_overflow(self.overflow)

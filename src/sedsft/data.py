@@ -10,13 +10,23 @@ Every record keeps ``_source`` ("train.jsonl:12"), so a bad record is reported b
 are -100 on the prompt and on padding; the loss covers the assistant's tokens up to and including its
 end-of-turn token. Nothing is skipped silently: :func:`build_sft_dataset` counts what it truncated or
 dropped and says so.
+
+Inputs are bounded before they are read whole. A JSONL file is read line by line, and a line longer
+than :data:`MAX_RECORD_BYTES` is refused with its file and line before it is parsed; a ``.json`` file
+(one document) above :data:`MAX_JSON_BYTES` is refused (write it as JSONL); a Parquet row group is
+read one at a time and a record above the cap is refused with its row. A record within the cap is
+tokenized against a token limit (:mod:`sedsft.limits`: ``--max_length``, the model's context, the
+tokenizer's ``model_max_length``): only a prefix of ``CHARS_PER_TOKEN`` characters per token of the
+limit is ever handed to the tokenizer, so no tokenizer sees a string of unbounded size.
 """
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +34,18 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .limits import CHARS_PER_TOKEN, TokenLimit, check_overflow, token_ids, too_long
+from .limits import OVERFLOW as OVERFLOW  # --overflow's choices, importable from here as before
 from .prompts import DEFAULT_SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
-OVERFLOW = ("truncate", "drop")
 IGNORE_INDEX = -100
+# One record (a JSONL line, a Parquet row) at most: 64 MiB of text is some 16M tokens, far beyond any
+# model's context, and far below the gigabyte strings on which a tokenizer panics or memory runs out.
+MAX_RECORD_BYTES = 64 * 2**20
+MAX_JSON_BYTES = 256 * 2**20  # a .json file is one document, parsed whole: larger ones go as JSONL
 
 # (prompt field, completion field), first match wins; "messages" and "prompt"/"completion" are tried first.
 _QA_LAYOUTS: tuple[tuple[str, str], ...] = (
@@ -45,11 +60,13 @@ _QA_LAYOUTS: tuple[tuple[str, str], ...] = (
 # ---- files -> records --------------------------------------------------------------------------------
 
 
-def load_records(path: str | Path) -> list[dict]:
+def load_records(path: str | Path, *, limit: int | None = None) -> list[dict]:
     """Records from a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or a folder of them (sorted by name).
 
     A ``.json`` file holds a list of objects or ``{"data": [...]}``. Each record gets ``_source``
-    ("file.jsonl:12", 1-based line or row) for error messages. Bad input raises :class:`UserError`.
+    ("file.jsonl:12", 1-based line or row) for error messages. ``limit``: only the first ``limit``
+    records are read (the rest of the files is not opened). A record larger than
+    :data:`MAX_RECORD_BYTES` is refused with its file and line. Bad input raises :class:`UserError`.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -64,21 +81,25 @@ def load_records(path: str | Path) -> list[dict]:
         )
         if not files:
             raise UserError(f"data folder {str(p)!r} has no {'/'.join(DATA_EXTENSIONS)} files")
-        records = [r for f in files for r in _load_file(f)]
     else:
-        records = _load_file(p)
+        files = [p]
+    records: list[dict] = []
+    for f in files:
+        if limit is not None and len(records) >= limit:
+            break
+        records += _load_file(f, limit=None if limit is None else limit - len(records))
     if not records:
         raise UserError(f"data path {str(p)!r} holds no records")
     return records
 
 
-def _load_file(f: Path) -> list[dict]:
+def _load_file(f: Path, *, limit: int | None = None) -> list[dict]:
     if f.suffix not in DATA_EXTENSIONS:
         raise UserError(f"{f}: unsupported file type {f.suffix!r}; use one of {', '.join(DATA_EXTENSIONS)}")
     if f.stat().st_size == 0:
         raise UserError(f"{f}: the file is empty")
     loader = {".jsonl": _load_jsonl, ".json": _load_json, ".parquet": _load_parquet}[f.suffix]
-    records = loader(f)
+    records = loader(f, limit=limit)
     if not records:
         raise UserError(f"{f}: the file holds no records")
     return records
@@ -86,7 +107,8 @@ def _load_file(f: Path) -> list[dict]:
 
 def read_text(f: str | Path) -> str:
     """A user's file as text (UTF-8, a byte-order mark allowed); a byte that is not UTF-8 is a UserError
-    naming the file, line and column. For every data file a command reads."""
+    naming the file, line and column. For every data file a command reads whole (JSONL is streamed:
+    :func:`read_lines`)."""
     f = Path(f)
     raw = f.read_bytes()
     try:
@@ -94,15 +116,47 @@ def read_text(f: str | Path) -> str:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         column = e.start - raw.rfind(b"\n", 0, e.start)
-        raise UserError(
-            f"{f}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
-            "save the file as UTF-8"
-        ) from None
+        raise UserError(_not_utf8(f, line, raw[e.start], column)) from None
 
 
-def _load_jsonl(f: Path) -> list[dict]:
-    out = []
-    for i, line in enumerate(read_text(f).split("\n"), start=1):
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _not_utf8(f: Path, line: int, byte: int, column: int) -> str:
+    return f"{f}:{line}: not UTF-8 text (byte 0x{byte:02x} at column {column}); save the file as UTF-8"
+
+
+def read_lines(f: str | Path, *, max_bytes: int | None = None) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a user's text file, one line in memory at a time (UTF-8, a byte-order
+    mark allowed). A line longer than ``max_bytes`` (default :data:`MAX_RECORD_BYTES`) is a UserError
+    naming the file and line, raised before more than ``max_bytes`` of it is read; so is a byte that is
+    not UTF-8 (with its column)."""
+    f = Path(f)
+    max_bytes = MAX_RECORD_BYTES if max_bytes is None else max_bytes
+    with open(f, "rb") as stream:
+        for i in itertools.count(1):
+            raw = stream.readline(max_bytes + 1)
+            if not raw:
+                return
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                raise UserError(
+                    f"{f}:{i}: the line is longer than {_size(max_bytes)}, far more than any model reads; "
+                    "split or shorten that record"
+                )
+            if i == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                yield i, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(_not_utf8(f, i, raw[e.start], e.start + 1)) from None
+
+
+def _load_jsonl(f: Path, *, limit: int | None = None) -> list[dict]:
+    out: list[dict] = []
+    for i, line in read_lines(f):
+        if limit is not None and len(out) >= limit:
+            break
         if not line.strip():
             continue
         try:
@@ -115,7 +169,13 @@ def _load_jsonl(f: Path) -> list[dict]:
     return out
 
 
-def _load_json(f: Path) -> list[dict]:
+def _load_json(f: Path, *, limit: int | None = None) -> list[dict]:
+    size = f.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise UserError(
+            f"{f}: a .json file of {_size(size)} is parsed whole (at most {_size(MAX_JSON_BYTES)}); write it "
+            "as JSONL, one record per line, which is read line by line"
+        )
     try:
         obj = json.loads(read_text(f))
     except json.JSONDecodeError as e:
@@ -128,17 +188,40 @@ def _load_json(f: Path) -> list[dict]:
         raise UserError(
             f'{f}: expected a list of objects or {{"data": [...]}}, got a JSON {type(obj).__name__}'
         )
+    obj = obj[:limit] if limit is not None else obj
     return [_as_record(r, f"{f.name}:{i}", where=f"{f} item {i}") for i, r in enumerate(obj, start=1)]
 
 
-def _load_parquet(f: Path) -> list[dict]:
+def _load_parquet(f: Path, *, limit: int | None = None) -> list[dict]:
+    """The rows of a Parquet file, one row group in memory at a time."""
     import pyarrow.parquet as pq
 
+    reader = _arrow(f, lambda: pq.ParquetFile(f))
+    out: list[dict] = []
+    for g in range(reader.num_row_groups):
+        if limit is not None and len(out) >= limit:
+            break
+        meta = reader.metadata.row_group(g)
+        if meta.total_byte_size > MAX_RECORD_BYTES * max(meta.num_rows, 1):  # refused before it is read
+            raise UserError(
+                f"{f} rows {len(out) + 1}-{len(out) + meta.num_rows}: more than {_size(MAX_RECORD_BYTES)} "
+                "per row, far more than any model reads; shorten them"
+            )
+        rows = _arrow(f, lambda g=g: reader.read_row_group(g).to_pylist())
+        out += [
+            _as_record(r, f"{f.name}:{i}", where=f"{f} row {i}")
+            for i, r in enumerate(rows, start=len(out) + 1)
+        ]
+    return out[:limit] if limit is not None else out
+
+
+def _arrow(f: Path, call):
+    """``call()``, a pyarrow read of ``f``; a corrupt file (pyarrow raises several types) is a UserError."""
     try:
-        rows = pq.read_table(f).to_pylist()
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise UserError(f"{f}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return [_as_record(r, f"{f.name}:{i}", where=f"{f} row {i}") for i, r in enumerate(rows, start=1)]
+        return call()
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise UserError(f"{f}: cannot read parquet ({type(e).__name__}: {first})") from None
 
 
 def _as_record(obj: Any, source: str, *, where: str) -> dict:
@@ -147,7 +230,23 @@ def _as_record(obj: Any, source: str, *, where: str) -> dict:
             f"{where}: expected a JSON object per record, got a JSON {type(obj).__name__}; "
             'write one {"field": value, ...} object per record'
         )
+    if _text_size(obj) > MAX_RECORD_BYTES:  # JSONL lines are refused before parsing; JSON and Parquet here
+        raise UserError(
+            f"{where}: the record holds more than {_size(MAX_RECORD_BYTES)} of text, far more than "
+            "any model reads; split or shorten it"
+        )
     return {**obj, "_source": source}
+
+
+def _text_size(value: Any) -> int:
+    """Characters of text in a record (strings and bytes, nested), a bound on what tokenizing it costs."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(k) + _text_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_text_size(v) for v in value)
+    return 0
 
 
 # ---- records -> conversations -----------------------------------------------------------------------
@@ -214,18 +313,21 @@ def _messages(value: Any, source: str, name: str) -> list[dict]:
 # ---- conversations -> token ids -------------------------------------------------------------------
 
 
-def tokenize_conversation(
-    tokenizer, conv: dict, *, max_length: int | None = None, overflow: str = "truncate"
-) -> dict | None:
-    """``input_ids``, ``attention_mask``, ``labels`` for one conversation, rendered with the chat template.
+@dataclass(frozen=True)
+class Tokenized:
+    """One conversation as token ids: the row (at most ``max_length`` long), and whether it was longer."""
 
-    Labels are -100 on the prompt (everything up to and including the opened assistant turn) and on
-    whatever the template writes after the assistant's last end-of-turn token (ChatML's trailing newline).
-    Longer than ``max_length``: ``overflow="truncate"`` cuts the end, ``"drop"`` returns ``None``; an example
-    whose prompt alone fills ``max_length`` (nothing left to learn) is also ``None``.
+    row: dict | None  # None: no label token (the prompt alone fills max_length)
+    truncated: bool
+
+
+def tokenize_bounded(tokenizer, conv: dict, *, max_length: int | None = None) -> Tokenized:
+    """The conversation as ``input_ids``/``attention_mask``/``labels``, cut at ``max_length`` tokens.
+
+    Only the first ``CHARS_PER_TOKEN * max_length`` characters of the rendered text reach the tokenizer;
+    a text longer than that counts as longer than ``max_length`` (``truncated``) even if its prefix holds
+    fewer tokens. Labels as :func:`tokenize_conversation` says.
     """
-    if overflow not in OVERFLOW:
-        raise UserError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
     if getattr(tokenizer, "chat_template", None) is None:
         raise UserError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use a chat model's "
@@ -238,8 +340,12 @@ def tokenize_conversation(
             "the chat template does not render the prompt (with add_generation_prompt=True) as a prefix of the "
             "full conversation; use a template whose assistant turn starts where the generation prompt ends"
         )
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    chars = len(full_text) if max_length is None else min(len(full_text), CHARS_PER_TOKEN * max_length)
+    cut_text = chars < len(full_text)
+    prompt_ids = token_ids(tokenizer, prompt_text[:chars])
+    completion_ids = (
+        token_ids(tokenizer, full_text[len(prompt_text) : chars]) if chars > len(prompt_text) else []
+    )
     labels = list(completion_ids)
     ends = _end_of_turn_ids(tokenizer)
     last_end = max((i for i, t in enumerate(completion_ids) if t in ends), default=None)
@@ -247,13 +353,55 @@ def tokenize_conversation(
         labels[last_end + 1 :] = [IGNORE_INDEX] * (len(labels) - last_end - 1)
     input_ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + labels
-    if max_length is not None and len(input_ids) > max_length:
-        if overflow == "drop":
-            return None
+    truncated = cut_text or (max_length is not None and len(input_ids) > max_length)
+    if max_length is not None:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     if all(t == IGNORE_INDEX for t in labels[1:]):
+        return Tokenized(None, truncated)
+    return Tokenized(
+        {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}, truncated
+    )
+
+
+def tokenize_conversation(
+    tokenizer,
+    conv: dict,
+    *,
+    max_length: int | None = None,
+    overflow: str = "truncate",
+    source: str = "record",
+    reason: str = "--max_length",
+) -> dict | None:
+    """``input_ids``, ``attention_mask``, ``labels`` for one conversation, rendered with the chat template.
+
+    Labels are -100 on the prompt (everything up to and including the opened assistant turn) and on
+    whatever the template writes after the assistant's last end-of-turn token (ChatML's trailing newline).
+    Longer than ``max_length``: ``overflow="truncate"`` cuts the end, ``"drop"`` returns ``None``,
+    ``"error"`` raises a UserError naming ``source`` (and ``reason``, where the limit comes from); an
+    example whose prompt alone fills ``max_length`` (nothing left to learn) is also ``None``. The
+    tokenizer only sees a bounded prefix of the text (:func:`tokenize_bounded`).
+    """
+    check_overflow(overflow)
+    out = tokenize_bounded(tokenizer, conv, max_length=max_length)
+    if out.truncated and overflow == "error":
+        raise too_long(source, "the conversation", max_length, reason)
+    if out.truncated and overflow == "drop":
         return None
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+    return out.row
+
+
+def check_records_fit(
+    records: Sequence[dict],
+    tokenizer,
+    *,
+    limit: TokenLimit,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> None:
+    """Refuse the first record longer than ``limit`` (``--overflow error``), before anything is written."""
+    for record in records:
+        conv = to_conversation(record, system_prompt=system_prompt)
+        if tokenize_bounded(tokenizer, conv, max_length=limit.tokens).truncated:
+            raise too_long(record.get("_source", "record"), "the conversation", limit.tokens, limit.reason)
 
 
 def _end_of_turn_ids(tokenizer) -> set[int]:
@@ -298,32 +446,35 @@ def build_sft_dataset(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_length: int | None = None,
     overflow: str = "truncate",
+    reason: str = "--max_length",
 ):
-    """A ``datasets.Dataset`` of tokenized rows (input_ids, attention_mask, labels) and a :class:`DataReport`."""
+    """A ``datasets.Dataset`` of tokenized rows (input_ids, attention_mask, labels) and a :class:`DataReport`.
+
+    ``max_length`` is the token limit (:func:`token_limit`; ``reason`` says where it comes from, for
+    ``overflow="error"``'s message).
+    """
     from datasets import Dataset
 
+    check_overflow(overflow)
     report = DataReport(records=len(records))
     rows = []
     for record in records:
         conv = to_conversation(record, system_prompt=system_prompt)
-        row = tokenize_conversation(tokenizer, conv, max_length=None)
         src = record.get("_source", "record")
-        if row is not None and max_length is not None and len(row["input_ids"]) > max_length:
+        out = tokenize_bounded(tokenizer, conv, max_length=max_length)
+        if out.truncated:
+            if overflow == "error":
+                raise too_long(src, "the conversation", max_length, reason)
             if overflow == "drop":
                 report.dropped_too_long += 1
                 report.dropped_sources.append(src)
                 continue
-            row = {k: v[:max_length] for k, v in row.items()}
             report.truncated += 1
-            if all(t == IGNORE_INDEX for t in row["labels"][1:]):
-                report.dropped_no_completion += 1
-                report.dropped_sources.append(src)
-                continue
-        if row is None:
+        if out.row is None:
             report.dropped_no_completion += 1
             report.dropped_sources.append(src)
             continue
-        rows.append(row)
+        rows.append(out.row)
     report.examples = len(rows)
     if not rows:
         raise UserError(

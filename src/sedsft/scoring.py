@@ -58,16 +58,9 @@ def check_top_k(k, *, name: str = "top_k") -> int:
 
 def context_length(model: nn.Module) -> int | None:
     """Positions the model is configured for (``max_position_embeddings``, RoPE scaling included), if known."""
-    cfg = getattr(unwrap(model), "config", None)
-    n = getattr(cfg, "max_position_embeddings", None)
-    if not isinstance(n, int):
-        return None
-    rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None)
-    rope = rope if isinstance(rope, dict) else {}
-    factor, original = rope.get("factor"), rope.get("original_max_position_embeddings")
-    if isinstance(factor, (int, float)) and isinstance(original, int):
-        n = max(n, int(factor * original))
-    return n
+    from sedsft.limits import config_context
+
+    return config_context(getattr(unwrap(model), "config", None))
 
 
 def check_length(model: nn.Module, length: int) -> None:

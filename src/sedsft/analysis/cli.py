@@ -15,8 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sedsft.calibrate import DEFAULT_SEED
-from sedsft.cli_parse import SYSTEM_PROMPT_HELP, ModelOptions, RunOptions, parse_command, system_prompt_value
+from sedsft.calibrate import DEFAULT_SEED, sample_indices
+from sedsft.cli_parse import (
+    SYSTEM_PROMPT_HELP,
+    ModelOptions,
+    OverflowOptions,
+    RunOptions,
+    parse_command,
+    system_prompt_value,
+)
 from sedsft.errors import UserError, check_count, check_number
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -40,7 +47,9 @@ class AnalysisArgs:
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
     max_length: int | None = field(
         default=MAX_LENGTH,
-        metadata={"help": "truncate tokenized examples (default: sft's 1024; 'none': never)"},
+        metadata={
+            "help": "token limit of an example (default: sft's 1024; 'none': the model's context), see --overflow"
+        },
     )
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the data sample (sft's --seed)"})
@@ -179,12 +188,16 @@ def run_weights(args: WeightsArgs, run_options: RunOptions) -> int:
     return 0
 
 
-def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOptions) -> int:
+def run_topk(
+    args: TopkArgs, model_options: ModelOptions, overflow: OverflowOptions, run_options: RunOptions
+) -> int:
     from .inputs import load_model_and_tokenizer, read_records
     from .topk import analyze_topk
 
     records = read_records(args.data)
-    _open_run("topk", args, model_options, run_options)
+    sample = sample_indices(len(records), examples=args.num_examples, seed=args.seed)  # analyze_topk's
+    limit = _token_limit(args, model_options, overflow, [records[i] for i in sample])
+    _open_run("topk", args, model_options, overflow, run_options)
     model, tokenizer = load_model_and_tokenizer(
         model_options.model,
         tokenizer_path=model_options.tokenizer,
@@ -201,7 +214,9 @@ def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOption
         seed=args.seed,
         batch_size=args.batch_size,
         system_prompt=args.system_prompt,
-        max_length=args.max_length,
+        max_length=limit.tokens,
+        overflow=overflow.overflow,
+        limit_reason=limit.reason,
         max_tokens=args.max_tokens,
         output_dir=args.output_dir,
         meta={"model": model_options.model, "data": str(args.data), "records": len(records)},
@@ -217,7 +232,9 @@ def run_topk(args: TopkArgs, model_options: ModelOptions, run_options: RunOption
     return 0
 
 
-def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: RunOptions) -> int:
+def run_heatmap(
+    args: HeatmapArgs, model_options: ModelOptions, overflow: OverflowOptions, run_options: RunOptions
+) -> int:
     from sedsft.calibrate import CalibrationSpec, calibrate_records
 
     from .heatmap import analyze_heatmap
@@ -232,13 +249,20 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
         )
     else:
         record, name = records[args.index], f"heatmap_{args.index}"
-    _open_run("heatmap", args, model_options, run_options)
+    sample = (
+        []
+        if records is None or args.tau is not None
+        else sample_indices(len(records), examples=args.num_examples, seed=args.seed)
+    )
+    limit = _token_limit(args, model_options, overflow, [record, *(records[i] for i in sample)])
+    _open_run("heatmap", args, model_options, overflow, run_options)
     model, tokenizer = load_model_and_tokenizer(
         model_options.model,
         tokenizer_path=model_options.tokenizer,
         device=model_options.device,
         dtype=model_options.dtype,
     )
+    bounds = {"max_length": limit.tokens, "overflow": overflow.overflow, "limit_reason": limit.reason}
     tau, how = args.tau, "given"
     if tau is None and records is not None:
         mask_ratio = args.mask_ratio if args.mask_ratio is not None else DEFAULT_MASK_RATIO
@@ -249,9 +273,7 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
             examples=args.num_examples,
             batch_size=args.batch_size,
         )
-        cal = calibrate_records(
-            model, tokenizer, records, spec, system_prompt=args.system_prompt, max_length=args.max_length
-        )
+        cal = calibrate_records(model, tokenizer, records, spec, system_prompt=args.system_prompt, **bounds)
         tau = cal.tau
         how = f"calibrated on {cal.num_sequences} records of {args.data} with r = {mask_ratio:g}"
     where = (
@@ -265,7 +287,7 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
         tau=tau,
         num_alternatives=args.num_alternatives,
         system_prompt=args.system_prompt,
-        max_length=args.max_length,
+        **bounds,
         output_dir=args.output_dir,
         name=name,
         title=f"Gold-token probability over {where}",
@@ -279,13 +301,30 @@ def run_heatmap(args: HeatmapArgs, model_options: ModelOptions, run_options: Run
     return 0
 
 
-def _open_run(tool: str, args, model_options: ModelOptions, run_options: RunOptions) -> None:
+def _token_limit(args: AnalysisArgs, model_options: ModelOptions, overflow: OverflowOptions, records):
+    """What an example is bounded by (--max_length, the model's context, the tokenizer's model_max_length),
+    read before the run folder is opened; with ``--overflow error`` the ``records`` to score are checked."""
+    from sedsft.data import check_records_fit
+    from sedsft.limits import local_token_limit
+
+    tokenizer, limit = local_token_limit(
+        model_options.checked(system_prompt=args.system_prompt),
+        tokenizer=model_options.tokenizer,
+        max_length=args.max_length,
+        trust_remote_code=model_options.trust_remote_code,
+    )
+    if overflow.overflow == "error":
+        check_records_fit(records, tokenizer, limit=limit, system_prompt=args.system_prompt)
+    return limit
+
+
+def _open_run(tool: str, args, model_options: ModelOptions, overflow, run_options: RunOptions) -> None:
     from sedsft.runs import RunSpec, open_run, settings_of
 
     model_options.checked(system_prompt=args.system_prompt)  # before the run folder is opened
     spec = RunSpec(
         f"analyze {tool}",
-        settings=settings_of(args, model_options),
+        settings=settings_of(args, model_options, overflow),
         inputs={"model": model_options.model, "tokenizer": model_options.tokenizer, "data": args.data},
     )
     open_run(args.output_dir, spec, overwrite=run_options.overwrite, wait=run_options.wait)
@@ -304,12 +343,13 @@ def main(argv: list[str]) -> int:
             "analyze weights", rest, WeightsArgs, RunOptions, description=TOOLS[tool]
         )
         return run_weights(args, run_options)
-    args, model_options, run_options = parse_command(
+    args, model_options, overflow, run_options = parse_command(
         f"analyze {tool}",
         rest,
         TopkArgs if tool == "topk" else HeatmapArgs,
         ModelOptions,
+        OverflowOptions,
         RunOptions,
         description=TOOLS[tool],
     )
-    return (run_topk if tool == "topk" else run_heatmap)(args, model_options, run_options)
+    return (run_topk if tool == "topk" else run_heatmap)(args, model_options, overflow, run_options)

@@ -293,12 +293,21 @@ def analyze_heatmap(
     num_alternatives: int = 5,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_length: int | None = MAX_LENGTH,
+    overflow: str = "truncate",
+    limit_reason: str = "--max_length",
     output_dir: str | os.PathLike | None = None,
     name: str = "heatmap",
     title: str | None = None,
 ) -> TokenHeatmap:
     """Score one record as SFT tokenizes it; with ``output_dir`` write ``{name}.png``, ``{name}.html``, ``{name}.json``."""
-    examples = tokenize_records(tokenizer, [record], system_prompt=system_prompt, max_length=max_length)
+    examples = tokenize_records(
+        tokenizer,
+        [record],
+        system_prompt=system_prompt,
+        max_length=max_length,
+        overflow=overflow,
+        limit_reason=limit_reason,
+    )
     if not examples:
         raise UserError("the record has no response token left after tokenization; give it a response")
     hm = score_tokens(model, tokenizer, examples[0], top_k=top_k, tau=tau, num_alternatives=num_alternatives)

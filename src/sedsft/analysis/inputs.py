@@ -42,11 +42,19 @@ def tokenize_records(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_length: int | None = MAX_LENGTH,
     overflow: str = "truncate",
+    limit_reason: str = "--max_length",
     indices: Sequence[int] | None = None,
 ) -> list[TokenizedRecord]:
-    """``records`` (or the ``indices`` of them) as SFT tokenizes them; records SFT drops are skipped."""
+    """``records`` (or the ``indices`` of them) as SFT tokenizes them; records SFT drops are skipped.
+
+    ``max_length`` is the token limit (``limit_reason``: where it comes from), ``overflow`` as sft's."""
     view = LazyTokenized(
-        records, tokenizer, system_prompt=system_prompt, max_length=max_length, overflow=overflow
+        records,
+        tokenizer,
+        system_prompt=system_prompt,
+        max_length=max_length,
+        overflow=overflow,
+        limit_reason=limit_reason,
     )
     out = []
     for i in range(len(records)) if indices is None else indices:

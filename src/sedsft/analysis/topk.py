@@ -284,6 +284,8 @@ def analyze_topk(
     batch_size: int = 8,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_length: int | None = MAX_LENGTH,
+    overflow: str = "truncate",
+    limit_reason: str = "--max_length",
     max_tokens: int | None = None,
     output_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
@@ -299,7 +301,13 @@ def analyze_topk(
         check_mask_ratio(r, name="mask_ratios (each)")
     chosen = sample_indices(len(records), examples=num_examples, seed=seed)
     examples = tokenize_records(
-        tokenizer, records, system_prompt=system_prompt, max_length=max_length, indices=chosen
+        tokenizer,
+        records,
+        system_prompt=system_prompt,
+        max_length=max_length,
+        overflow=overflow,
+        limit_reason=limit_reason,
+        indices=chosen,
     )
     if not examples:
         raise UserError(

@@ -6,6 +6,9 @@
 ``--output_dir`` is a run folder (:mod:`sedsft.runs`): rerunning the same command resumes an
 interrupted run (exactly: the result equals an uninterrupted run) and only reports a finished one;
 another model, other benchmarks or other sampling options are refused there unless ``--overwrite``.
+A question whose prompt is longer than the model's context (or the tokenizer's ``model_max_length``) is
+refused by default, naming its benchmark and problem; ``--overflow drop`` leaves it out (counted),
+``--overflow truncate`` cuts the question's end.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from sedsft.cli_parse import (
     GradingOptions,
     ModelOptions,
     RunOptions,
+    overflow_field,
     parse_command,
     system_prompt_value,
 )
 from sedsft.errors import UserError, check_choice, check_count
+from sedsft.limits import OVERFLOW
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
 SAMPLING_OVERRIDES = ("n", "temperature", "top_p", "max_new_tokens")
@@ -73,6 +78,8 @@ class EvalArgs:
     )
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
+    # a question longer than the model's context: refused, since a benchmark is scored whole
+    overflow: str = overflow_field("error")
     batch_size: int = field(default=8, metadata={"help": "problems per generate call"})
     run_name: str | None = field(
         default=None,
@@ -85,6 +92,7 @@ class EvalArgs:
         from sedsft.eval.protocol import PROTOCOLS
 
         check_choice("protocol", self.protocol, PROTOCOLS)
+        check_choice("overflow", self.overflow, OVERFLOW)
         overrides = {k: getattr(self, k) for k in SAMPLING_OVERRIDES if getattr(self, k) is not None}
         SamplingConfig(**overrides)  # each given override is checked as the sampling config checks it
         check_count("limit", self.limit, allow_none=True)
@@ -116,11 +124,43 @@ def main(argv: list[str]) -> int:
     return _evaluate_model(args, model, backend, grading, run_options)
 
 
+def _bound_questions(problems: dict, tokenizer, limit, *, overflow: str, args) -> dict:
+    """Each benchmark's problems whose prompt fits ``limit`` (``sedsft.limits.bound_prompt``), per ``overflow``."""
+    import logging
+    from dataclasses import replace
+
+    from sedsft.limits import bound_prompt
+    from sedsft.prompts import build_messages
+
+    out = {}
+    for name, ps in problems.items():
+        kept = []
+        for p in ps:
+            messages = build_messages(p.question, system_prompt=args.system_prompt)
+            where = f"{name} problem {p.id}"
+            fitted = bound_prompt(
+                tokenizer, messages, limit=limit, overflow=overflow, source=where, what="the question"
+            )
+            if fitted is not None:
+                kept.append(p if fitted is messages else replace(p, question=fitted[-1]["content"]))
+        if len(kept) < len(ps):
+            logging.getLogger("sedsft.eval").warning(
+                "%s: %d of %d questions dropped as longer than %s", name, len(ps) - len(kept), len(ps), limit
+            )
+        if not kept:
+            raise UserError(
+                f"{name}: every question is longer than {limit}; use a model with a longer context"
+            )
+        out[name] = kept
+    return out
+
+
 def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
     from sedsft.eval.benchmarks import load, parse_names
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.protocol import resolve_sampling
     from sedsft.eval.runner import evaluate, logged_samples, run_spec
+    from sedsft.limits import local_token_limit
     from sedsft.runs import RunSpec, open_run, settings_of
 
     path = Path(model.checked(system_prompt=args.system_prompt))  # before any output is written
@@ -128,6 +168,10 @@ def _evaluate_model(args, model, backend_options, grading, run_options) -> int:
         raise UserError("--output_dir is required with --model (samples are saved there as they are made)")
     names = parse_names(args.benchmarks)
     problems = {n: load(n, args.data_dir, limit=args.limit) for n in names}
+    tokenizer, limit = local_token_limit(
+        str(path), tokenizer=model.tokenizer, trust_remote_code=model.trust_remote_code
+    )
+    problems = _bound_questions(problems, tokenizer, limit, overflow=args.overflow, args=args)
     sampling = resolve_sampling(
         names,
         protocol=args.protocol,

@@ -42,6 +42,20 @@ def model_init_kwargs(config, model_args) -> dict:
     return {**kwargs, **(config.model_init_kwargs or {})}
 
 
+def _bounded(train, evaluation, model: str, config, overflow: str):
+    """The prompts fitted to the model's context (``--overflow``), before the trainer makes a tensor of them."""
+    from sedsft.limits import local_token_limit
+    from sedsft.rl.prompts import bound_prompts
+
+    tokenizer, limit = local_token_limit(model, trust_remote_code=config.trust_remote_code)
+    train = bound_prompts(train, tokenizer, limit=limit, overflow=overflow)
+    if evaluation is not None:
+        evaluation = bound_prompts(
+            evaluation, tokenizer, limit=limit, overflow=overflow, what="evaluation prompts"
+        )
+    return train, evaluation
+
+
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     script, config, model_args, run_options = build_parser().parse(argv)
@@ -69,6 +83,7 @@ def main(argv: list[str]) -> int:
     options = {"system_prompt": script.system_prompt, "missing_gold": script.missing_gold}
     train = load_rl_prompts(script.dataset_path, limit=script.max_prompts, **options)
     evaluation = load_rl_prompts(script.eval_dataset_path, **options) if script.eval_dataset_path else None
+    train, evaluation = _bounded(train, evaluation, model, config, script.overflow)
     config.model_init_kwargs = model_init_kwargs(config, model_args)
     spec = RunSpec(
         "grpo",

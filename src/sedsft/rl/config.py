@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from sedsft.cli_parse import SYSTEM_PROMPT_HELP, system_prompt_value
+from sedsft.cli_parse import SYSTEM_PROMPT_HELP, overflow_field, system_prompt_value
 from sedsft.cores import cap_workers
 from sedsft.errors import UserError, check_choice, check_count, check_finite_fields, check_number
+from sedsft.limits import check_overflow
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.rl.rewards import REWARDS
 from sedsft.train.config import default_bf16_to_hardware
@@ -201,6 +202,9 @@ class GRPOScriptArguments:
         default="math",
         metadata={"help": REWARD_HELP, "choices": list(REWARDS)},
     )
+    # prompts longer than the model's context: dropped, as verl filters overlong prompts (a question cut
+    # short has lost what it asks); "truncate" cuts the end of the last user turn
+    overflow: str = overflow_field("drop")
     reward_workers: int = field(
         default=0,
         metadata={
@@ -214,6 +218,7 @@ class GRPOScriptArguments:
 
     def __post_init__(self):
         self.system_prompt = system_prompt_value(self.system_prompt)
+        check_overflow(self.overflow)
         check_count("max_prompts", self.max_prompts, allow_none=True)
         check_choice("reward", self.reward, tuple(REWARDS))
         check_count("reward_workers", self.reward_workers, minimum=0)

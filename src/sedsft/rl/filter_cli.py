@@ -23,11 +23,13 @@ from sedsft.cli_parse import (
     GradingOptions,
     ModelOptions,
     RunOptions,
+    overflow_field,
     parse_command,
     system_prompt_value,
 )
 from sedsft.errors import check_choice, check_count
 from sedsft.io import atomic_write_json, atomic_write_text, read_json
+from sedsft.limits import OVERFLOW
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 from sedsft.rl.filter import FilterConfig
 
@@ -44,6 +46,7 @@ class FilterArgs:
     )
     limit: int | None = field(default=None, metadata={"help": "only the first LIMIT records"})
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
+    overflow: str = overflow_field("drop")  # a question cut short has lost what it asks (as grpo's)
     output_format: str = field(
         default="same",
         metadata={"help": "kept prompts: the input's layout ('same') or verl's", "choices": ["same", "verl"]},
@@ -58,6 +61,7 @@ class FilterArgs:
         check_count("limit", self.limit, allow_none=True)
         check_count("batch_size", self.batch_size)
         check_choice("output_format", self.output_format, ("same", "verl"))
+        check_choice("overflow", self.overflow, OVERFLOW)
         self.system_prompt = system_prompt_value(self.system_prompt)
 
 
@@ -107,15 +111,20 @@ def main(argv: list[str]) -> int:
     from sedsft.data import load_records
     from sedsft.eval.generation import backend_from_options
     from sedsft.eval.grader_pool import open_grader
+    from sedsft.limits import local_token_limit
     from sedsft.rl.filter import filter_prompts
-    from sedsft.rl.prompts import rl_prompts_from_records
+    from sedsft.rl.prompts import bound_prompts, rl_prompts_from_records
     from sedsft.rl.verl import to_verl_rows, write_verl_parquet
     from sedsft.runs import RunSpec, open_run, settings_of
 
     data_path, out_dir = Path(args.data), Path(args.output_dir)
-    records = load_records(data_path)[: args.limit]
+    records = load_records(data_path, limit=args.limit)
     prompts = rl_prompts_from_records(records, system_prompt=args.system_prompt, source=str(data_path))
     model.checked(system_prompt=args.system_prompt)  # before the run folder is opened
+    tokenizer, limit = local_token_limit(
+        model.model, tokenizer=model.tokenizer, trust_remote_code=model.trust_remote_code
+    )
+    prompts = bound_prompts(prompts, tokenizer, limit=limit, overflow=args.overflow)
     spec = RunSpec(
         "filter",
         settings=settings_of(args, config, model, backend_options, grading),
@@ -141,7 +150,7 @@ def main(argv: list[str]) -> int:
         rows = to_verl_rows([prompts[i] for i in result.kept], split="train", data_source=args.data_source)
         kept_path = write_verl_parquet(rows, out_dir / "kept.parquet")
     else:
-        kept_path = write_same_layout([records[i] for i in result.kept], data_path, out_dir)
+        kept_path = write_same_layout([records[prompts[i].index] for i in result.kept], data_path, out_dir)
     summary = {
         **result.summary(),
         "n": config.n,

@@ -45,6 +45,20 @@ def _resume_value(value):
     return value
 
 
+def _check_lengths(records, model_path: str, args) -> None:
+    """``--overflow error``: every record within the trainer's token limit (sedsft.limits.token_limit)."""
+    from sedsft.data import check_records_fit
+    from sedsft.limits import local_token_limit
+
+    tokenizer, limit = local_token_limit(
+        model_path, max_length=args.max_length, max_length_wins=True, trust_remote_code=args.trust_remote_code
+    )
+    if args.chat_template_path is not None and os.path.isfile(args.chat_template_path):
+        with open(args.chat_template_path, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    check_records_fit(records, tokenizer, limit=limit, system_prompt=args.system_prompt)
+
+
 def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local paths only; set before the hub library reads it
     args, model_args, run_options = build_parser().parse(argv)
@@ -74,6 +88,8 @@ def main(argv: list[str]) -> int:
     )
     check_peft_targets(path, get_peft_config(model_args), trust_remote_code=args.trust_remote_code)
     resume = _resume_value(args.resume_from_checkpoint)
+    if args.overflow == "error":  # a record too long is refused before the run folder or the model
+        _check_lengths(records + (eval_records or []), path, args)
     spec = RunSpec(
         "sft",
         settings=training_settings(args, model_args),

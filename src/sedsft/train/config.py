@@ -16,9 +16,9 @@ from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from trl import SFTConfig
 
 from sedsft.calibrate import CalibrationOptions, check_tau
-from sedsft.cli_parse import SYSTEM_PROMPT_HELP, system_prompt_value
-from sedsft.data import OVERFLOW
+from sedsft.cli_parse import SYSTEM_PROMPT_HELP, overflow_field, system_prompt_value
 from sedsft.errors import UserError, check_finite_fields
+from sedsft.limits import check_overflow
 from sedsft.losses import IMPLS, OBJECTIVES, get_objective
 from sedsft.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -115,13 +115,7 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
         metadata={"help": "optional evaluation data, same formats as dataset_path", "manifest": False},
     )
     system_prompt: str | None = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": SYSTEM_PROMPT_HELP})
-    overflow: str = field(
-        default="truncate",
-        metadata={
-            "help": "examples longer than max_length: 'truncate' the end or 'drop' them",
-            "choices": list(OVERFLOW),
-        },
-    )
+    overflow: str = overflow_field("truncate")  # the one --overflow (sedsft.cli_parse)
 
     def __post_init__(self):
         self.system_prompt = system_prompt_value(self.system_prompt)
@@ -144,8 +138,7 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
             raise UserError(f"--fused_impl must be one of {IMPLS}, got {self.fused_impl!r}")
         if self.fused_impl == "triton":  # the loss and the calibration of tau both run on it
             self._check_triton_runs()
-        if self.overflow not in OVERFLOW:
-            raise UserError(f"--overflow must be one of {OVERFLOW}, got {self.overflow!r}")
+        check_overflow(self.overflow)
         accepted = self._accepted_options()
         for name, option in _OPTION_NAMES.items():
             if option not in accepted and getattr(self, name) != _DEFAULTS[name]:

@@ -39,6 +39,7 @@ from trl import SFTTrainer, pack_dataset
 from sedsft.calibrate import CALIBRATION_FILE, Calibration, LazyTokenized, calibrate
 from sedsft.data import SFTCollator, build_sft_dataset
 from sedsft.errors import UserError
+from sedsft.limits import token_limit
 from sedsft.losses import BatchStats, check_fusable, fused_forward_loss, objective_loss
 
 from .callbacks import SEDSFTFilesCallback
@@ -69,6 +70,14 @@ class SEDSFTTrainer(SFTTrainer):
             processing_class.pad_token = processing_class.eos_token
         _refuse_lora_on_head(model, kwargs.get("peft_config"))
         self.data_report = None
+        # records are bounded before any tensor exists: by --max_length, else the model's context
+        config = getattr(model, "config", None)
+        self.token_limit = token_limit(
+            max_length=args.max_length, config=config, tokenizer=processing_class, max_length_wins=True
+        )
+        context = token_limit(config=config, tokenizer=processing_class)
+        if args.max_length is not None and context.tokens is not None and args.max_length > context.tokens:
+            logger.info("--max_length %d is past %s: longer examples train past it", args.max_length, context)
         self._calibration_data = train_dataset  # as given: raw records are tokenized as sedsft calibrate does
         train_dataset = self._tokenized(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
@@ -118,8 +127,9 @@ class SEDSFTTrainer(SFTTrainer):
             records,
             tokenizer,
             system_prompt=args.system_prompt,
-            max_length=args.max_length,
+            max_length=self.token_limit.tokens,
             overflow=args.overflow,
+            reason=self.token_limit.reason,
         )
         logger.info("%s data: %s", split, report.summary())
         if split == "train":
@@ -205,8 +215,9 @@ class SEDSFTTrainer(SFTTrainer):
                 data,
                 self.processing_class,
                 system_prompt=args.system_prompt,
-                max_length=args.max_length,
+                max_length=self.token_limit.tokens,
                 overflow=args.overflow,
+                limit_reason=self.token_limit.reason,
             )
         return calibrate(
             model,
