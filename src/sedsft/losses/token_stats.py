@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from .chunk import entropy_scratch, logits_into, softmax_in_place, top_and_gold
-from .fused import auto_chunk_size, resolve_impl
+from .fused import resolve_impl
 from .logits import accumulation_dtype
+from .torch_engine import auto_chunk_size
 
 
 @dataclass

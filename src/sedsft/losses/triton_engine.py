@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .fused import Coefficients, Plan, token_coefficients
 from .logits import summarize
 from .objectives import TokenTerms
+from .plan import Coefficients, Plan, token_coefficients
 from .stats import BatchStats
 
 MAX_TOP_K = 32  # the running top-k is unrolled; beyond this the torch path serves
