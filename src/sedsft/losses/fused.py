@@ -30,9 +30,9 @@ def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, *, top_k: 
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch" or (impl == "auto" and device.type != "cuda"):
         return "torch"
-    from . import triton_engine
+    from .launch import unsupported
 
-    why_not = triton_engine.unsupported(device, dtype, top_k=top_k)
+    why_not = unsupported(device, dtype, top_k=top_k)
     if why_not is None:
         return "triton"
     if impl == "auto":

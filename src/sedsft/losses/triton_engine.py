@@ -17,20 +17,20 @@ gradient is summed in an fp32 [N, d] buffer. A frozen input gets no gradient buf
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from . import launch
+from .launch import cdiv as _cdiv
+from .launch import dot_options as _dot_options
+from .launch import sm_count as _sm_count
 from .logits import summarize
 from .objectives import TokenTerms
 from .plan import Coefficients, Plan, token_coefficients
 from .stats import BatchStats
 
-MAX_TOP_K = 32  # the running top-k is unrolled; beyond this the torch path serves
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _GPU_SLAB_BYTES = 64 * 2**20  # fp32 weight-gradient scratch per backward launch
 _PROGRAMS_PER_SM = 4  # forward: vocabulary splits so that every SM gets a few programs
 
@@ -57,62 +57,10 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int) -> Blocks:
     return Blocks(b=64, v=128, d=bd, gb=128, warps=8, stages=3, slab_rows=slab)
 
 
-def unsupported(device: torch.device, dtype: torch.dtype, *, top_k: int = 1) -> str | None:
-    """Why the Triton path cannot serve these inputs, or None when it can."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "Triton is not installed (CUDA builds of PyTorch on Linux ship it; else pip install triton)"
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "CPU tensors run the Triton kernels only under TRITON_INTERPRET=1 (the tests' interpreter)"
-    if device.type not in ("cpu", "cuda"):
-        return f"the Triton kernels run on CUDA tensors, not {device.type}"
-    if dtype not in _DTYPES:
-        return f"the Triton path takes fp32, bf16 or fp16 inputs, not {dtype}"
-    if (
-        device.type == "cuda"
-        and dtype == torch.bfloat16
-        and torch.cuda.get_device_capability(device) < (8, 0)
-    ):
-        return "bf16 tl.dot needs a GPU of compute capability >= 8.0"
-    if top_k > MAX_TOP_K:
-        return f"top_k={top_k} is above the kernels' running top-k limit of {MAX_TOP_K}"
-    return None
-
-
 def _kernels(device: torch.device):
-    import triton.language as tl
-
     from . import triton_kernels
 
-    interpreted = type(triton_kernels.stats_kernel).__name__ == "InterpretedFunction"
-    if device.type == "cpu" and not interpreted:
-        raise RuntimeError(
-            "sedsft's Triton kernels were loaded for the GPU in this process and cannot run on CPU tensors"
-        )
-    if interpreted and type(tl.zeros).__name__ != "InterpretedFunction":
-        raise RuntimeError("TRITON_INTERPRET=1 must be set before triton is first imported in the process")
-    return triton_kernels
-
-
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _dot_options(device: torch.device, dtype: torch.dtype) -> dict:
-    if device.type != "cuda":  # the interpreter: exact fp32 products (bf16 tiles up-cast, see the kernels)
-        return {"UPCAST": dtype == torch.bfloat16, "PRECISION": "ieee"}
-    if dtype == torch.float32:  # follow torch's own setting for fp32 matmuls
-        return {
-            "UPCAST": False,
-            "PRECISION": "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32",
-        }
-    return {"UPCAST": False, "PRECISION": None}
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+    return launch.kernel_module(triton_kernels, device)
 
 
 # ---- forward ---------------------------------------------------------------------------------------
