@@ -64,6 +64,10 @@ class Launch:
     )  # the "constexpr" arguments' values (None for absent pointers)
     num_warps: int = 4
     num_stages: int = 2
+    # integer arguments that are multiples of 16 at run time (sizes, row strides): the JIT specializes on
+    # them (tt.divisibility), and so must the offline compilation, or loads are neither vectorized nor
+    # pipelined there and its registers and shared memory are not those of the kernel that runs
+    multiple_of_16: tuple[str, ...] = ()
 
     @property
     def config(self) -> str:
@@ -114,7 +118,7 @@ def compile_offline(launch: Launch, arch: int, *, keep_dir: str | None = None) -
     Raises whatever Triton raises when the configuration does not compile (the compile check records it).
     """
     key = (launch.kernel, tuple(launch.signature.items()), tuple(launch.constexprs.items()))
-    key += (launch.num_warps, launch.num_stages, arch)
+    key += (launch.num_warps, launch.num_stages, launch.multiple_of_16, arch)
     if key not in _COMPILED or keep_dir:
         _COMPILED[key] = _compile(launch, arch, keep_dir)
     return _COMPILED[key]
@@ -128,7 +132,17 @@ def _compile(launch: Launch, arch: int, keep_dir: str | None) -> Resources:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=launch.kernel, signature=dict(launch.signature), constexprs=dict(launch.constexprs))
+    # the JIT's specialization at run time: pointers 16-byte aligned (torch's allocations), and the integers
+    # the engine declares multiples of 16 (an integer equal to 1 becomes a constant there: pass it as one)
+    names = list(launch.kernel.arg_names)
+    attrs = {
+        (names.index(arg),): [["tt.divisibility", 16]]
+        for arg, typ in launch.signature.items()
+        if typ.startswith("*") or arg in launch.multiple_of_16
+    }
+    src = ASTSource(
+        fn=launch.kernel, signature=dict(launch.signature), constexprs=dict(launch.constexprs), attrs=attrs
+    )
     compiled = triton.compile(
         src,
         target=GPUTarget("cuda", arch, 32),
