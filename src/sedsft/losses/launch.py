@@ -105,6 +105,35 @@ def choose(
     return None
 
 
+def chosen(engine, device: torch.device, **call) -> dict[str, Launch] | None:
+    """For each kernel ``engine`` launches for this call, the configuration it launches on ``device``.
+
+    ``engine`` is a GPU engine module (its ``launch_options(**call)``); None when some kernel has no
+    configuration that fits the device. Resources come from :func:`compile_offline` for the device's
+    architecture; the choice is cached per (engine, device, call), so a call costs a dict look-up.
+    """
+    limits = device_limits(device)
+    key = (engine.__name__, device.index, limits, tuple(sorted(call.items())))
+    if key not in _CHOSEN:
+        picks: dict[str, Launch] | None = {}
+        for name, options in engine.launch_options(**call).items():
+            pick = choose(options, limits, lambda lch: compile_offline(lch, limits.arch))
+            if pick is None:
+                picks = None
+                break
+            picks[name] = pick
+        _CHOSEN[key] = picks
+    return _CHOSEN[key]
+
+
+_CHOSEN: dict[tuple, dict[str, Launch] | None] = {}
+
+
+def run(lch: Launch, grid, **args) -> None:
+    """Launch ``lch``'s kernel with exactly its constants, warps and stages (what the compile check checked)."""
+    lch.kernel[grid](**args, **lch.constexprs, num_warps=lch.num_warps, num_stages=lch.num_stages)
+
+
 def _tool(name: str) -> str:
     import triton
 

@@ -54,6 +54,7 @@ class Plan:
     want_stats: bool
     needs: tuple[bool, bool, bool]  # which of grad_h, grad_w, grad_b to compute
     chunk_size: int | None = None  # rows per chunk (torch and chunked engines)
+    launches: dict | None = None  # GPU engines: kernel name -> the launch.Launch chosen for this device
 
     @property
     def top_k(self) -> int | None:

@@ -25,11 +25,13 @@ _GPU_BUDGET_MB = 1024  # on CUDA: fixed, so the chunk size does not follow free 
 _ADDMM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= "2.8"  # addmm(out_dtype=), CUDA
 
 
-def auto_chunk_size(num_tokens: int, vocab_size: int, *, device: torch.device, buffers: int = 2) -> int:
-    """Rows per chunk so that ``buffers`` fp32 ``[n, V]`` tiles fit the work budget (fixed per device type)."""
+def auto_chunk_size(
+    num_tokens: int, vocab_size: int, *, device: torch.device, buffers: int = 2, element_bytes: int = 4
+) -> int:
+    """Rows per chunk so that ``buffers`` ``[n, V]`` tiles (fp32 unless told) fit the work budget (fixed per device type)."""
     env = os.environ.get("SEDSFT_FUSED_BUDGET_MB")
     mb = float(env) if env else (_GPU_BUDGET_MB if device.type == "cuda" else _CPU_BUDGET_MB)
-    rows = int(mb * 2**20 // (buffers * vocab_size * 4))
+    rows = int(mb * 2**20 // (buffers * vocab_size * element_bytes))
     return max(1, min(rows, max(num_tokens, 1)))
 
 
