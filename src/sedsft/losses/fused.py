@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import chunked_engine, launch
-from . import triton_engine as recompute_engine
+from . import recompute_engine
 from .logits import accumulation_dtype, denominator, scored_rows
 from .objectives import get_objective
 from .plan import Plan

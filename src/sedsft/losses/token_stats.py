@@ -108,7 +108,7 @@ def token_stats(
             raise ValueError("impl='triton' needs the head weight; rows that are logits take impl='torch'")
         chosen = "torch"
     if chosen == "triton":
-        from .triton_engine import forward_stats
+        from .recompute_engine import forward_stats
 
         s = forward_stats(hidden, weight, bias, targets, top_k=k, ids=True, entropy=True)
         logp = s.gold - s.lse if targets is not None else None

@@ -1,4 +1,4 @@
-"""The Triton kernels of the fused engine (host side: :mod:`.triton_engine`). Imported only when used.
+"""The Triton kernels of the fused engine (host side: :mod:`.recompute_engine`). Imported only when used.
 
 Three kernels, all on tiles of ``z = h W^T + b`` computed on chip with ``tl.dot`` (fp32 accumulation);
 no ``[N, V]`` tensor is ever written to global memory.

@@ -1,4 +1,4 @@
-"""Host side of the Triton engine (kernels: :mod:`.triton_kernels`): tiles, launches, merging, autograd.
+"""Host side of the Triton engine (kernels: :mod:`.tile_kernels`): tiles, launches, merging, autograd.
 
 Forward: ``stats_kernel`` folds the logit tiles of S vocabulary splits into per-row statistics ([S, N]
 tensors, a few bytes per token); the splits are merged here with the log-sum-exp rules, the objective
@@ -58,9 +58,9 @@ def blocks(device: torch.device, dtype: torch.dtype, d: int) -> Blocks:
 
 
 def _kernels(device: torch.device):
-    from . import triton_kernels
+    from . import tile_kernels
 
-    return launch.kernel_module(triton_kernels, device)
+    return launch.kernel_module(tile_kernels, device)
 
 
 # ---- forward ---------------------------------------------------------------------------------------
