@@ -174,7 +174,7 @@ def fused_linear(
         loss, stats_vec = chunked_engine.ChunkedFusedLinear.apply(h, weight, bias, plan)
     elif choice.impl == "recompute":
         plan = replace(plan, launches=choice.launches)
-        loss, stats_vec = recompute_engine.TritonFusedLinear.apply(h, weight, bias, plan)
+        loss, stats_vec = recompute_engine.RecomputeFusedLinear.apply(h, weight, bias, plan)
     else:
         buffers = 1 + obj.uses_gem_weights  # (the entropy adds a scratch of at most ~1/8 buffer)
         rows = chunk_size or auto_chunk_size(h.shape[0], weight.shape[0], device=h.device, buffers=buffers)
