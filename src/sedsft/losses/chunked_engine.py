@@ -33,10 +33,12 @@ from .stats import BatchStats
 from .torch_engine import _ADDMM_OUT_DTYPE, TorchFusedLinear, auto_chunk_size
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-# (BLOCK_V, warps) in preference order; both kernels stream the buffer, so the smaller ones differ little
-_STATS_CONFIGS = ((4096, 8), (2048, 8), (1024, 4))
-_GRAD_CONFIGS = ((2048, 8), (1024, 4))
-INTERPRETER_BLOCK_V = 32  # CPU tests: shapes span several vocabulary blocks
+# (BLOCK_N rows, BLOCK_V columns, warps) in preference order. Both kernels stream the buffer; one row per
+# statistics program (its reductions run along the row), 8 logits per thread: at k = 8 that is 80-117
+# registers on sm_80-90, where 16 per thread took 128-151 (fewer programs resident to hide the loads).
+_STATS_CONFIGS = ((1, 2048, 8), (1, 1024, 4), (1, 512, 4))
+_GRAD_CONFIGS = ((4, 1024, 8), (1, 1024, 4))
+INTERPRETER_BLOCKS = (16, 32)  # CPU tests (BLOCK_N, BLOCK_V): few programs, several vocabulary blocks
 MIN_CHUNK_ROWS = 128  # fewer rows per chunk make skinny products: ``auto`` prefers the recompute engine
 
 
@@ -54,32 +56,45 @@ def _ptr(typ: str, present: bool) -> str:
     return typ if present else "constexpr"
 
 
-def stats_launch(*, dtype, top_k: int, entropy: bool, gem: bool, block_v: int, warps: int) -> launch.Launch:
+def stats_launch(
+    *, dtype, top_k: int, entropy: bool, gem: bool, block_n: int, block_v: int, warps: int, vocab: int
+) -> launch.Launch:
     """The row statistics kernel for logits in ``dtype`` (top_k = 0: no top-k)."""
     t = _TYPES[dtype]
     sig = {"Z": f"*{t}", "Y": "*i64", "OUT_MAX": "*fp32", "OUT_LSE": "*fp32", "OUT_GOLD": "*fp32"}
     sig |= {"OUT_ENT": _ptr("*fp32", entropy), "OUT_TOPV": _ptr("*fp32", top_k > 0)}
     sig |= {"OUT_TOPI": _ptr("*i32", top_k > 0)}
     sig |= {name: _ptr("*fp32", gem) for name in ("OUT_WZ", "OUT_WS", "OUT_LSEB")}
-    sig |= {"V": "i32", "s_zn": "i32", "inv_beta": "fp32", "gem_logsig": "i32"}
+    sig |= {"N": "i32", "V": "i32", "s_zn": "i32", "inv_beta": "fp32", "gem_logsig": "fp32"}
     consts: dict[str, object] = {name: None for name, typ in sig.items() if typ == "constexpr"}
     consts |= dict(
-        HAS_Y=True, TOP_K=top_k, KP=_kp(top_k), KEYS16=dtype == torch.bfloat16, ENTROPY=entropy, GEM=gem,
-        BLOCK_V=block_v,
+        TOP_K=top_k, KP=_kp(top_k), KEYS16=dtype == torch.bfloat16, ENTROPY=entropy, GEM=gem,
+        BLOCK_N=block_n, BLOCK_V=block_v,
     )  # fmt: skip
-    sig |= {name: "constexpr" for name in ("HAS_Y", "TOP_K", "KP", "KEYS16", "ENTROPY", "GEM", "BLOCK_V")}
-    return launch.Launch("row_stats", _kernels().row_stats_kernel, sig, consts, num_warps=warps, num_stages=1)
+    sig |= {name: "constexpr" for name in ("TOP_K", "KP", "KEYS16", "ENTROPY", "GEM", "BLOCK_N", "BLOCK_V")}
+    return launch.Launch(
+        "row_stats", _kernels().row_stats_kernel, sig, consts, num_warps=warps, num_stages=1,
+        multiple_of_16=_aligned(vocab),
+    )  # fmt: skip
 
 
-def grad_launch(*, dtype, gem: bool, block_v: int, warps: int) -> launch.Launch:
+def grad_launch(*, dtype, gem: bool, block_n: int, block_v: int, warps: int, vocab: int) -> launch.Launch:
     """The kernel that writes G over the logits in ``dtype``."""
     sig = {"Z": f"*{_TYPES[dtype]}", "Y": "*i64", "LSE": "*fp32", "C_LSE": "*fp32", "C_GOLD": "*fp32"}
     sig |= {"LSEB": _ptr("*fp32", gem), "C_W": _ptr("*fp32", gem), "GOLD": _ptr("*fp32", gem)}
-    sig |= {"V": "i32", "s_zn": "i32", "inv_beta": "fp32", "gem_logsig": "i32"}
+    sig |= {"N": "i32", "V": "i32", "s_zn": "i32", "inv_beta": "fp32", "gem_logsig": "fp32"}
     consts: dict[str, object] = {name: None for name, typ in sig.items() if typ == "constexpr"}
-    consts |= dict(GEM=gem, BLOCK_V=block_v)
-    sig |= {"GEM": "constexpr", "BLOCK_V": "constexpr"}
-    return launch.Launch("row_grad", _kernels().row_grad_kernel, sig, consts, num_warps=warps, num_stages=1)
+    consts |= dict(GEM=gem, BLOCK_N=block_n, BLOCK_V=block_v)
+    sig |= {"GEM": "constexpr", "BLOCK_N": "constexpr", "BLOCK_V": "constexpr"}
+    return launch.Launch(
+        "row_grad", _kernels().row_grad_kernel, sig, consts, num_warps=warps, num_stages=1,
+        multiple_of_16=_aligned(vocab),
+    )  # fmt: skip
+
+
+def _aligned(vocab: int) -> tuple[str, ...]:
+    """The integer arguments the JIT sees as multiples of 16: V and the buffer's row stride (= V)."""
+    return ("V", "s_zn") if vocab % 16 == 0 else ()
 
 
 def _call_class(objective: str, top_k: int | None, vocab: int) -> tuple[int, bool, bool]:
@@ -99,10 +114,15 @@ def launch_options(
     k, entropy, gem = _call_class(objective, top_k, vocab)
     return {
         "row_stats": [
-            stats_launch(dtype=dtype, top_k=k, entropy=entropy, gem=gem, block_v=b, warps=w)
-            for b, w in _STATS_CONFIGS
+            stats_launch(
+                dtype=dtype, top_k=k, entropy=entropy, gem=gem, block_n=n, block_v=b, warps=w, vocab=vocab
+            )
+            for n, b, w in _STATS_CONFIGS
         ],
-        "row_grad": [grad_launch(dtype=dtype, gem=gem, block_v=b, warps=w) for b, w in _GRAD_CONFIGS],
+        "row_grad": [
+            grad_launch(dtype=dtype, gem=gem, block_n=n, block_v=b, warps=w, vocab=vocab)
+            for n, b, w in _GRAD_CONFIGS
+        ],
     }
 
 
@@ -111,10 +131,10 @@ def launches(device: torch.device, **call) -> dict[str, launch.Launch] | None:
     if device.type == "cuda":
         return launch.chosen(_this_module(), device, **call)
     k, entropy, gem = _call_class(call["objective"], call["top_k"], call["vocab"])
-    b = INTERPRETER_BLOCK_V
+    blocks = dict(zip(("block_n", "block_v"), INTERPRETER_BLOCKS), warps=4, vocab=call["vocab"])
     return {
-        "row_stats": stats_launch(dtype=call["dtype"], top_k=k, entropy=entropy, gem=gem, block_v=b, warps=4),
-        "row_grad": grad_launch(dtype=call["dtype"], gem=gem, block_v=b, warps=4),
+        "row_stats": stats_launch(dtype=call["dtype"], top_k=k, entropy=entropy, gem=gem, **blocks),
+        "row_grad": grad_launch(dtype=call["dtype"], gem=gem, **blocks),
     }
 
 
@@ -125,8 +145,13 @@ def _this_module():
 
 
 def chunk_rows(num_tokens: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Rows per chunk: one ``[n, V]`` buffer in the input dtype within the work budget."""
-    return auto_chunk_size(num_tokens, vocab, device=device, buffers=1, element_bytes=dtype.itemsize)
+    """Rows per chunk: one ``[n, V]`` buffer in the input dtype within the work budget.
+
+    Several chunks of 16 rows or more take a multiple of 16, so that every chunk's ``[N]`` views start
+    64-byte aligned (the JIT specializes pointers on 16-byte alignment, as the compile check assumes).
+    """
+    rows = auto_chunk_size(num_tokens, vocab, device=device, buffers=1, element_bytes=dtype.itemsize)
+    return rows if rows >= num_tokens or rows < 16 else rows // 16 * 16
 
 
 def fits_budget(num_tokens: int, vocab: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -175,11 +200,11 @@ def row_stats(lch: launch.Launch, z: Tensor, y: Tensor, out: RowStats, *, gem_op
     if z.shape[0] == 0:
         return
     launch.run(
-        lch, (z.shape[0],), Z=z, Y=y, OUT_MAX=out.max, OUT_LSE=out.lse, OUT_GOLD=out.gold,
+        lch, (launch.cdiv(z.shape[0], lch.constexprs["BLOCK_N"]),), Z=z, Y=y, OUT_MAX=out.max, OUT_LSE=out.lse, OUT_GOLD=out.gold,
         **_gem_outputs(out, lch),
         **({"OUT_ENT": out.entropy} if lch.constexprs["ENTROPY"] else {}),
         **({"OUT_TOPV": out.top_values, "OUT_TOPI": out.top_ids} if lch.constexprs["TOP_K"] else {}),
-        V=z.shape[1], s_zn=z.stride(0), **_gem_args(gem_opts),
+        N=z.shape[0], V=z.shape[1], s_zn=z.stride(0), **_gem_args(gem_opts),
     )  # fmt: skip
 
 
@@ -191,8 +216,8 @@ def _gem_outputs(out: RowStats, lch: launch.Launch) -> dict:
 
 def _gem_args(gem_opts) -> dict:
     if gem_opts is None:
-        return {"inv_beta": 1.0, "gem_logsig": 0}
-    return {"inv_beta": 1.0 / gem_opts.beta, "gem_logsig": int(gem_opts.h == "logsigmoid")}
+        return {"inv_beta": 1.0, "gem_logsig": 0.0}
+    return {"inv_beta": 1.0 / gem_opts.beta, "gem_logsig": float(gem_opts.h == "logsigmoid")}
 
 
 def _add_weight_grad(grad_w: Tensor, g: Tensor, h: Tensor) -> None:
@@ -216,7 +241,7 @@ class ChunkedFusedLinear(TorchFusedLinear):
         dev = h.device
         need_h, need_w, need_b = plan.needs
         stats_l, grad_l = plan.launches["row_stats"], plan.launches["row_grad"]
-        k = stats_l.constexprs["TOP_K"]
+        k, bn = stats_l.constexprs["TOP_K"], grad_l.constexprs["BLOCK_N"]
         rows = min(plan.chunk_size, max(n_tok, 1))
         buf = torch.empty(rows, vocab, dtype=h.dtype, device=dev)  # [n_c, V]: the logits, then G, in place
         out = RowStats.empty(n_tok, stats_l, dev)
@@ -242,12 +267,12 @@ class ChunkedFusedLinear(TorchFusedLinear):
             coef = coef.scaled(plan.inv_denom)
             zeros = torch.zeros_like(part.lse)  # for a coefficient the objective does not use
             launch.run(
-                grad_l, (z.shape[0], launch.cdiv(vocab, grad_l.constexprs["BLOCK_V"])),
+                grad_l, (launch.cdiv(z.shape[0], bn), launch.cdiv(vocab, grad_l.constexprs["BLOCK_V"])),
                 Z=z, Y=y_c, LSE=part.lse,
                 C_LSE=coef.lse if coef.lse is not None else zeros,
                 C_GOLD=coef.gold if coef.gold is not None else zeros,
                 **({"LSEB": part.lse_beta, "C_W": coef.weighted, "GOLD": part.gold} if gem is not None else {}),
-                V=vocab, s_zn=z.stride(0), **_gem_args(gem),
+                N=z.shape[0], V=vocab, s_zn=z.stride(0), **_gem_args(gem),
             )  # fmt: skip
             g = z  # [n, V] G, in the input dtype
             if grad_b is not None:

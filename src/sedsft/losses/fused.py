@@ -23,8 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from . import chunked_engine, launch
-from . import recompute_engine
+from . import chunked_engine, launch, recompute_engine
 from .logits import accumulation_dtype, denominator, scored_rows
 from .objectives import get_objective
 from .plan import Plan
@@ -71,29 +70,24 @@ def select(
     names = ("chunked", "recompute") if impl in ("auto", "triton") else (impl,)
     reasons = []
     for name in names:
+        rows = None
         if name == "chunked":
             rows = chunk_size or chunked_engine.chunk_rows(n_rows, vocab, dtype, device)
             thin = not chunked_engine.fits_budget(n_rows, vocab, dtype, device)
             if thin and chunk_size is None and impl != "chunked":
                 continue  # the buffer would be too thin for the budget: recompute, a choice (no notice)
-            picks = chunked_engine.launches(device, **call)
-        else:
-            rows = None
-            picks = _recompute_launches(device, call)
+        picks = GPU_ENGINES[name].launches(device, **call)  # None: some kernel fits no configuration
         if picks is not None:
             return Choice(name, picks, rows)
-        reasons.append(f"no configuration of the {name} engine's kernels fits this GPU")
+        reasons.append(f"no configuration of the {name} engine's kernels fits sm_{_arch(device)}")
     if impl == "auto":
         _notice(f"sedsft fused_linear: {'; '.join(reasons)}; using the torch engine")
         return Choice("torch")
     raise ValueError(f"impl={impl!r} cannot run here: {'; '.join(reasons)}; use impl='torch' or 'auto'")
 
 
-def _recompute_launches(device: torch.device, call: dict) -> dict | None:
-    """The recompute engine's chosen launches; {} until it lists them (it then sizes its own tiles)."""
-    if device.type != "cuda" or not hasattr(recompute_engine, "launch_options"):
-        return {}
-    return launch.chosen(recompute_engine, device, **call)
+def _arch(device: torch.device) -> int:
+    return launch.device_limits(device).arch
 
 
 _NOTICES: set[str] = set()

@@ -50,74 +50,75 @@ def _unkey16(key, BLOCK_V: tl.constexpr):
 @triton.jit
 def row_stats_kernel(
     Z, Y, OUT_MAX, OUT_LSE, OUT_GOLD, OUT_ENT, OUT_TOPV, OUT_TOPI, OUT_WZ, OUT_WS, OUT_LSEB,
-    V, s_zn, inv_beta, gem_logsig,
-    HAS_Y: tl.constexpr, TOP_K: tl.constexpr, KP: tl.constexpr, KEYS16: tl.constexpr,
-    ENTROPY: tl.constexpr, GEM: tl.constexpr, BLOCK_V: tl.constexpr,
+    N, V, s_zn, inv_beta, gem_logsig,
+    TOP_K: tl.constexpr, KP: tl.constexpr, KEYS16: tl.constexpr, ENTROPY: tl.constexpr, GEM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
 ):  # fmt: skip
-    """Per-row statistics of the logits Z [n, V]; outputs [n] fp32 (top-k: [n, KP], ids int32).
+    """Per-row statistics of the logits Z [N, V] (BLOCK_N rows per program); outputs [N] fp32, top-k [N, KP].
 
     GEM: sum_v c_v z_v (OUT_WZ), sum_v c_v (OUT_WS) and log sum_v e^{z_v / beta} (OUT_LSEB) for
-    c = softmax(z / beta) * w, w = sigmoid(0.01 (z - z_y)) when ``gem_logsig`` != 0, else 1.
+    c = softmax(z / beta) * w, w = sigmoid(0.01 (z - z_y)) when ``gem_logsig`` != 0 (a float: the JIT
+    would make an integer 1 a constant), else 1.
     """
-    row = tl.program_id(0).to(tl.int64)
-    base = Z + row * s_zn
-    gold = 0.0
-    if HAS_Y:
-        gold = tl.load(base + tl.load(Y + row)).to(tl.float32)
-    m = _M0
-    s = 0.0
-    ent = 0.0
-    sb = 0.0  # sum e^{(z - m)/beta}
-    aw = 0.0  # sum e^{(z - m)/beta} w
-    awz = 0.0  # sum e^{(z - m)/beta} w (z - m)
-    lanes = tl.arange(0, BLOCK_V)
-    kidx = tl.arange(0, KP)
-    run_v = tl.full((KP,), float("-inf"), tl.float32)  # the running top-k, descending; -inf: empty
-    run_i = tl.zeros((KP,), tl.int32)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = Z + rows[:, None] * s_zn  # [BLOCK_N, 1]
+    y = tl.load(Y + rows, mask=row_ok, other=0)
+    gold = tl.load(Z + rows * s_zn + y, mask=row_ok, other=0.0).to(tl.float32)  # [BLOCK_N] z_y
+    m = tl.full((BLOCK_N,), _M0, tl.float32)
+    s = tl.zeros((BLOCK_N,), tl.float32)
+    ent = tl.zeros((BLOCK_N,), tl.float32)
+    sb = tl.zeros((BLOCK_N,), tl.float32)  # sum e^{(z - m)/beta}
+    aw = tl.zeros((BLOCK_N,), tl.float32)  # sum e^{(z - m)/beta} w
+    awz = tl.zeros((BLOCK_N,), tl.float32)  # sum e^{(z - m)/beta} w (z - m)
+    lanes = tl.arange(0, BLOCK_V)[None, :]
+    kidx = tl.arange(0, KP)[None, :]
+    run_v = tl.full((BLOCK_N, KP), float("-inf"), tl.float32)  # the running top-k, descending; -inf: empty
+    run_i = tl.zeros((BLOCK_N, KP), tl.int32)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + lanes
-        ok = cols < V
-        z = tl.load(base + cols, mask=ok, other=float("-inf")).to(tl.float32)  # [BLOCK_V]
-        bmax = tl.max(z, axis=0)
+        ok = row_ok[:, None] & (cols < V)
+        z = tl.load(base + cols, mask=ok, other=float("-inf")).to(tl.float32)  # [BLOCK_N, BLOCK_V]
+        bmax = tl.max(z, axis=1)
         m_new = tl.maximum(m, bmax)
         shift = m - m_new  # <= 0
-        zs = tl.where(ok, z - m_new, 0.0)
-        e = tl.exp(z - m_new)  # 0 on masked columns
+        zs = tl.where(ok, z - m_new[:, None], 0.0)
+        e = tl.exp(z - m_new[:, None])  # 0 on masked columns
         r = tl.exp(shift)
         if ENTROPY:  # sum e^{z - m} (z - m), rebased to the new max
-            ent = r * (ent + shift * s) + tl.sum(e * zs, axis=0)
-        s = r * s + tl.sum(e, axis=0)
+            ent = r * (ent + shift * s) + tl.sum(e * zs, axis=1)
+        s = r * s + tl.sum(e, axis=1)
         if GEM:
             eb = tl.where(ok, tl.exp(zs * inv_beta), 0.0)
             rb = tl.exp(shift * inv_beta)
-            sb = rb * sb + tl.sum(eb, axis=0)
-            if gem_logsig != 0:
-                eb = eb * tl.sigmoid(0.01 * (z - gold))
-            awz = rb * (awz + shift * aw) + tl.sum(eb * zs, axis=0)
-            aw = rb * aw + tl.sum(eb, axis=0)
+            sb = rb * sb + tl.sum(eb, axis=1)
+            if gem_logsig != 0.0:
+                eb = eb * tl.sigmoid(0.01 * (z - gold[:, None]))
+            awz = rb * (awz + shift * aw) + tl.sum(eb * zs, axis=1)
+            aw = rb * aw + tl.sum(eb, axis=1)
         if TOP_K > 0:
-            kth = tl.min(tl.where(kidx < TOP_K, run_v, float("inf")), axis=0)
-            if bmax > kth:  # the block holds a value above the current k-th: merge
+            kth = tl.min(tl.where(kidx < TOP_K, run_v, float("inf")), axis=1)  # [BLOCK_N]
+            if tl.max((bmax > kth).to(tl.int32), axis=0) > 0:  # some row's block beats its k-th value: merge
                 if KEYS16:
                     keys = tl.where(ok, _key16(z, lanes, BLOCK_V), _KEY_EMPTY)
                 else:
                     x = z
-                new_v = tl.full((KP,), float("-inf"), tl.float32)
-                new_i = tl.zeros((KP,), tl.int32)
+                new_v = tl.full((BLOCK_N, KP), float("-inf"), tl.float32)
+                new_i = tl.zeros((BLOCK_N, KP), tl.int32)
                 for j in tl.static_range(TOP_K):
                     if KEYS16:
-                        bv, lane = _unkey16(tl.max(keys, axis=0), BLOCK_V)
+                        bv, lane = _unkey16(tl.max(keys, axis=1), BLOCK_V)
                     else:
-                        bv = tl.max(x, axis=0)
-                        lane = tl.min(tl.where(x == bv, lanes, BLOCK_V), axis=0)
-                    rv = tl.max(run_v, axis=0)
-                    slot = tl.min(tl.where(run_v == rv, kidx, KP), axis=0)
+                        bv = tl.max(x, axis=1)
+                        lane = tl.min(tl.where(x == bv[:, None], lanes, BLOCK_V), axis=1)
+                    rv = tl.max(run_v, axis=1)
+                    slot = tl.min(tl.where(run_v == rv[:, None], kidx, KP), axis=1)
                     take = bv > rv  # ties: the running entry, which has the lower id
-                    rid = tl.sum(tl.where(kidx == slot, run_i, 0), axis=0)
-                    new_v = tl.where(kidx == j, tl.maximum(bv, rv), new_v)
-                    new_i = tl.where(kidx == j, tl.where(take, v0 + lane, rid), new_i)
-                    out_lane = tl.where(take, lane, -1)  # knock out of the block, or (-1: none)
-                    out_slot = tl.where(take, -1, slot)  # of the running list
+                    rid = tl.sum(tl.where(kidx == slot[:, None], run_i, 0), axis=1)
+                    new_v = tl.where(kidx == j, tl.maximum(bv, rv)[:, None], new_v)
+                    new_i = tl.where(kidx == j, tl.where(take, v0 + lane, rid)[:, None], new_i)
+                    out_lane = tl.where(take, lane, -1)[:, None]  # knock out of the block, or (-1) none
+                    out_slot = tl.where(take, -1, slot)[:, None]  # of the running list
                     if KEYS16:
                         keys = tl.where(lanes == out_lane, _KEY_EMPTY, keys)
                     else:
@@ -126,37 +127,43 @@ def row_stats_kernel(
                 run_v = new_v
                 run_i = new_i
         m = m_new
-    tl.store(OUT_MAX + row, m)
-    tl.store(OUT_LSE + row, m + tl.log(s))
-    if HAS_Y:
-        tl.store(OUT_GOLD + row, gold)
+    s = tl.where(row_ok, s, 1.0)  # rows past N: no 0/0 (nothing is stored for them)
+    sb = tl.where(row_ok, sb, 1.0)
+    tl.store(OUT_MAX + rows, m, mask=row_ok)
+    tl.store(OUT_LSE + rows, m + tl.log(s), mask=row_ok)
+    tl.store(OUT_GOLD + rows, gold, mask=row_ok)
     if ENTROPY:
-        tl.store(OUT_ENT + row, tl.log(s) - ent / s)
+        tl.store(OUT_ENT + rows, tl.log(s) - ent / s, mask=row_ok)
     if GEM:
-        tl.store(OUT_WS + row, aw / sb)
-        tl.store(OUT_WZ + row, m * (aw / sb) + awz / sb)  # sum_v c_v z_v = m sum c + sum c (z - m)
-        tl.store(OUT_LSEB + row, m * inv_beta + tl.log(sb))
+        tl.store(OUT_WS + rows, aw / sb, mask=row_ok)
+        tl.store(OUT_WZ + rows, m * (aw / sb) + awz / sb, mask=row_ok)  # sum c z = m sum c + sum c (z - m)
+        tl.store(OUT_LSEB + rows, m * inv_beta + tl.log(sb), mask=row_ok)
     if TOP_K > 0:
-        tl.store(OUT_TOPV + row * KP + kidx, run_v)
-        tl.store(OUT_TOPI + row * KP + kidx, run_i)
+        at = rows[:, None] * KP + kidx
+        tl.store(OUT_TOPV + at, run_v, mask=row_ok[:, None])
+        tl.store(OUT_TOPI + at, run_i, mask=row_ok[:, None])
 
 
 @triton.jit
 def row_grad_kernel(
-    Z, Y, LSE, C_LSE, C_GOLD, LSEB, C_W, GOLD, V, s_zn, inv_beta, gem_logsig,
-    GEM: tl.constexpr, BLOCK_V: tl.constexpr,
+    Z, Y, LSE, C_LSE, C_GOLD, LSEB, C_W, GOLD, N, V, s_zn, inv_beta, gem_logsig,
+    GEM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
 ):  # fmt: skip
-    """G = c_lse e^{z - lse} + c_w e^{z/beta - lse_beta} w + c_gold onehot(y), written over Z [n, V]."""
-    row = tl.program_id(0).to(tl.int64)
+    """G = c_lse e^{z - lse} + c_w e^{z/beta - lse_beta} w + c_gold onehot(y), written over Z [N, V]."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    ok = cols < V
-    at = Z + row * s_zn + cols
-    z = tl.load(at, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_V]
-    g = tl.load(C_LSE + row) * tl.exp(z - tl.load(LSE + row))
+    row_ok = rows < N
+    ok = row_ok[:, None] & (cols < V)[None, :]
+    at = Z + rows[:, None] * s_zn + cols[None, :]
+    z = tl.load(at, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_V]
+
+    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+    g = tl.load(C_LSE + rows, mask=row_ok, other=0.0)[:, None] * tl.exp(z - lse[:, None])
     if GEM:
-        c = tl.exp(z * inv_beta - tl.load(LSEB + row))
-        if gem_logsig != 0:
-            c = c * tl.sigmoid(0.01 * (z - tl.load(GOLD + row)))
-        g += tl.load(C_W + row) * c
-    g += tl.where(cols == tl.load(Y + row), tl.load(C_GOLD + row), 0.0)
+        c = tl.exp(z * inv_beta - tl.load(LSEB + rows, mask=row_ok, other=0.0)[:, None])
+        if gem_logsig != 0.0:
+            c = c * tl.sigmoid(0.01 * (z - tl.load(GOLD + rows, mask=row_ok, other=0.0)[:, None]))
+        g += tl.load(C_W + rows, mask=row_ok, other=0.0)[:, None] * c
+    y = tl.load(Y + rows, mask=row_ok, other=-1)
+    g += tl.where(cols[None, :] == y[:, None], tl.load(C_GOLD + rows, mask=row_ok, other=0.0)[:, None], 0.0)
     tl.store(at, g.to(Z.dtype.element_ty), mask=ok)
