@@ -13,7 +13,7 @@ Per chunk of n scored rows (kernels: :mod:`.row_kernels`):
 Three products, nothing recomputed, no atomics (deterministic). As in the torch engine, whose backward
 this one inherits, the gradient is ready at the end of forward and backward only scales it, once.
 Memory above the inputs: the ``[n, V]`` buffer (the chunk size follows a budget,
-``SEDSFT_FUSED_BUDGET_MB``, default 1 GiB on CUDA: 3,530 rows at V = 152,064 in bf16), an fp32 weight
+``SEDSFT_FUSED_BUDGET_MB``, default 1 GiB on CUDA: 3,520 rows at V = 152,064 in bf16), an fp32 weight
 gradient when the head trains, the hidden gradient when the hidden state does, and a few ``[N]`` rows.
 """
 
