@@ -16,8 +16,8 @@ tensor is ever written to global memory, and no kernel uses atomics.
 Top-k with 32-bit values only, exact. The running list holds the fp32 values and their int32 column ids
 ([BLOCK_B, KP] each). A tile whose rows all lack a value above their current k-th skips the merge (past
 the first tiles, almost every one). Otherwise each of the k steps takes, per row, the tile's largest value
-(a max-reduction) and its first position (a min-reduction over the positions holding it), compares it with
-the running list's best, keeps the larger (ties: the running entry, whose column is lower) and knocks the
+and its first position (one max-reduction with indices, ties to the left), compares it with the running
+list's best, keeps the larger (ties: the running entry, whose column is lower) and knocks the
 selected element out of where it came from (its position is unique). The selected values are the exact k
 largest, so P_topk is exact; the ids are the lowest columns among equal values, as in ``torch.topk`` on
 distinct values. No int64 key tile: a tile costs its own registers once, not twice.
@@ -25,9 +25,11 @@ distinct values. No int64 key tile: a tile costs its own registers once, not twi
 Compile rules kept for real GPUs: block shapes are ``tl.constexpr`` powers of two with ``tl.dot`` blocks
 >= 16, every ragged edge is masked, the hidden and weight rows are contiguous (unit inner stride), and no
 tensor-valued control flow other than the scalar top-k skip. ``has_bias`` and ``gem_logsig`` are run-time
-flags (the launch options do not know them). Under ``TRITON_INTERPRET=1`` (CPU tests) ``UPCAST`` feeds
-``tl.dot`` fp32 copies of bf16/fp16 tiles: the interpreter of Triton 3.9 multiplies bf16 tiles as raw
-integers.
+flags (the launch options do not know them). The integers that vary from call to call are not specialized
+by the JIT (``do_not_specialize``), so the kernel that runs is the one ``launch.compile_offline`` checked;
+the sizes and strides that are multiples of 16 for real models are declared so (``Launch.multiple_of_16``).
+Under ``TRITON_INTERPRET=1`` (CPU tests) ``UPCAST`` feeds ``tl.dot`` fp32 copies of bf16/fp16 tiles: the
+interpreter of Triton 3.9 multiplies bf16 tiles as raw integers.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _logits_tile(
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "V", "has_bias", "gem_logsig"])
 def stats_kernel(
     H, W, BIAS, Y, GOLDW,
     OUT_M, OUT_S, OUT_ENT, OUT_GOLD, OUT_SB, OUT_AW, OUT_AWZ, OUT_TOPV, OUT_TOPI,
@@ -134,8 +136,8 @@ def stats_kernel(
                 new_v = tl.full((BLOCK_B, KP), float("-inf"), tl.float32)
                 new_i = tl.zeros((BLOCK_B, KP), tl.int32)
                 for j in tl.static_range(TOP_K):
-                    bv = tl.max(x, axis=1)  # [BLOCK_B] the tile's best, exact
-                    lane = tl.min(tl.where(x == bv[:, None], lanes, BLOCK_V), axis=1)  # its first position
+                    # [BLOCK_B] the tile's best (exact) and its first position, in one reduction
+                    bv, lane = tl.max(x, axis=1, return_indices=True, return_indices_tie_break_left=True)
                     rv = tl.max(run_v, axis=1)  # the running list's best
                     slot = tl.min(tl.where(run_v == rv[:, None], kidx, KP), axis=1)
                     take = bv > rv  # ties: the running entry, which has the lower column
@@ -163,7 +165,7 @@ def stats_kernel(
         tl.store(OUT_TOPI + at, run_i, mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "v_lo", "v_hi", "has_bias", "gem_logsig"])
 def grad_kernel(
     H, W, BIAS, Y, LSE, C_LSE, C_GOLD, LSEB, C_W, GOLDW, G,
     N, D, v_lo, v_hi, s_hn, s_wv, s_gn, inv_beta, has_bias, gem_logsig,
@@ -204,7 +206,7 @@ def grad_kernel(
     tl.store(at, g.to(G.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "has_bias"])
 def gold_kernel(
     H, W, BIAS, Y, OUT, N, D, s_hn, s_wv, has_bias, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
