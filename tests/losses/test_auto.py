@@ -41,7 +41,7 @@ def on(limits, impl="auto", budget_mb=None):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            choice = [fused.select(impl, cuda, torch.bfloat16, **call) for _ in range(2)][0]  # twice: one notice
+            choice = [fused.select(impl, cuda, torch.bfloat16, **call) for _ in range(2)][0]  # one notice
         except ValueError as e:
             return {"error": str(e)}
     notices = [str(w.message) for w in caught if str(w.message).startswith("sedsft")]  # not Triton's own

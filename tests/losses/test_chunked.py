@@ -1,8 +1,9 @@
-"""The chunked engine under ``TRITON_INTERPRET=1`` on CPU tensors, against the logits path and the torch engine.
+"""The chunked engine under ``TRITON_INTERPRET=1`` on CPU tensors, against the logits path and torch engine.
 
 The interpreter gets blocks of 16 rows x 32 columns (``chunked_engine.INTERPRETER_BLOCKS``), so V = 97
 spans four blocks (the last ragged); chunks of 16 rows split the ~46 scored rows into three, the last
-ragged too; chunks of 7 rows give ragged row blocks. The products are torch's (cuBLAS on a GPU), the row kernels Triton's.
+ragged too; chunks of 7 rows give ragged row blocks. The products are torch's (cuBLAS on a GPU), the row
+kernels Triton's.
 """
 
 import pytest

@@ -199,9 +199,9 @@ def row_stats(lch: launch.Launch, z: Tensor, y: Tensor, out: RowStats, *, gem_op
     """Fill ``out`` (n rows) with the statistics of the logits ``z`` [n, V] and gold ids ``y`` [n]."""
     if z.shape[0] == 0:
         return
+    grid = (launch.cdiv(z.shape[0], lch.constexprs["BLOCK_N"]),)
     launch.run(
-        lch, (launch.cdiv(z.shape[0], lch.constexprs["BLOCK_N"]),), Z=z, Y=y, OUT_MAX=out.max, OUT_LSE=out.lse, OUT_GOLD=out.gold,
-        **_gem_outputs(out, lch),
+        lch, grid, Z=z, Y=y, OUT_MAX=out.max, OUT_LSE=out.lse, OUT_GOLD=out.gold, **_gem_outputs(out, lch),
         **({"OUT_ENT": out.entropy} if lch.constexprs["ENTROPY"] else {}),
         **({"OUT_TOPV": out.top_values, "OUT_TOPI": out.top_ids} if lch.constexprs["TOP_K"] else {}),
         N=z.shape[0], V=z.shape[1], s_zn=z.stride(0), **_gem_args(gem_opts),
@@ -231,7 +231,7 @@ def _add_weight_grad(grad_w: Tensor, g: Tensor, h: Tensor) -> None:
 
 
 class ChunkedFusedLinear(TorchFusedLinear):
-    """loss = sum_t objective_t(h_t W^T + b) / denominator; the gradient computed in forward (backward scales it)."""
+    """loss = sum_t objective_t(h_t W^T + b) / denominator; gradient in forward, scaled in backward."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, plan: Plan):
@@ -271,7 +271,7 @@ class ChunkedFusedLinear(TorchFusedLinear):
                 Z=z, Y=y_c, LSE=part.lse,
                 C_LSE=coef.lse if coef.lse is not None else zeros,
                 C_GOLD=coef.gold if coef.gold is not None else zeros,
-                **({"LSEB": part.lse_beta, "C_W": coef.weighted, "GOLD": part.gold} if gem is not None else {}),
+                **(dict(LSEB=part.lse_beta, C_W=coef.weighted, GOLD=part.gold) if gem is not None else {}),
                 N=z.shape[0], V=vocab, s_zn=z.stride(0), **_gem_args(gem),
             )  # fmt: skip
             g = z  # [n, V] G, in the input dtype

@@ -56,7 +56,7 @@ def select(
     vocab: int = 1,
     chunk_size: int | None = None,
 ) -> Choice:
-    """The engine for ``impl`` and this call (see the module docstring); ValueError where a named one cannot run."""
+    """The engine for ``impl`` and this call (module docstring); ValueError if a named one cannot run."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch" or (impl == "auto" and device.type != "cuda"):
@@ -100,7 +100,7 @@ def _notice(message: str) -> None:
 
 
 def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, *, top_k: int = 1, **call) -> str:
-    """The engine's name ("torch", "chunked" or "recompute") for ``impl`` and such a call (see :func:`select`)."""
+    """The engine's name ("torch", "chunked" or "recompute") for ``impl`` and such a call (:func:`select`)."""
     return select(impl, device, dtype, top_k=top_k, **call).impl
 
 
