@@ -111,6 +111,21 @@ def test_top_k_with_ties_counts_each_token():
     assert all(set(r[:3].tolist()) == {3, 5, 40} for r in got.top_ids)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_top_k_when_a_short_last_block_holds_the_maximum(dtype):
+    """V = 97: the last block has one column; when it holds each row's maximum, it is merged with k = 8
+    and runs out of columns after one step (the rest come from the running list)."""
+    hidden, weight, _, _ = make_inputs(1, 9, 20, 97, dtype=dtype, bias=False, seed=8)
+    rows = hidden[0]
+    weight[96] = (rows.float().mean(0) * 4).to(dtype)  # token 96 on top of (nearly) every row
+    got = losses.token_stats(rows, weight, top_k=8, impl="chunked")
+    z = (rows @ weight.T).double()
+    want = z.log_softmax(-1).topk(8, dim=-1)
+    assert (want.indices[:, 0] == 96).sum() >= 5
+    torch.testing.assert_close(got.top_logp.double(), want.values, atol=2e-5, rtol=1e-5)
+    assert torch.equal(z.gather(1, got.top_ids), z.gather(1, want.indices))
+
+
 def test_same_as_torch_engine_several_chunk_sizes():
     hidden, weight, b, labels = make_inputs(2, 11, 12, 70, dtype=torch.float32, seed=4)
     ref = grads(

@@ -115,7 +115,8 @@ def row_stats_kernel(
                     slot = tl.min(tl.where(run_v == rv[:, None], kidx, KP), axis=1)
                     take = bv > rv  # ties: the running entry, which has the lower id
                     rid = tl.sum(tl.where(kidx == slot[:, None], run_i, 0), axis=1)
-                    new_v = tl.where(kidx == j, tl.maximum(bv, rv)[:, None], new_v)
+                    # (an exhausted bf16 block decodes its empty key as NaN: not taken, whatever max does)
+                    new_v = tl.where(kidx == j, tl.where(take, bv, rv)[:, None], new_v)
                     new_i = tl.where(kidx == j, tl.where(take, v0 + lane, rid)[:, None], new_i)
                     out_lane = tl.where(take, lane, -1)[:, None]  # knock out of the block, or (-1) none
                     out_slot = tl.where(take, -1, slot)[:, None]  # of the running list
