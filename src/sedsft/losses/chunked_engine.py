@@ -34,8 +34,8 @@ from .torch_engine import _ADDMM_OUT_DTYPE, TorchFusedLinear, auto_chunk_size
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # (BLOCK_N rows, BLOCK_V columns, warps) in preference order. Both kernels stream the buffer; one row per
-# statistics program (its reductions run along the row), 8 logits per thread: at k = 8 that is 80-117
-# registers on sm_80-90, where 16 per thread took 128-151 (fewer programs resident to hide the loads).
+# statistics program (its reductions run along the row), 8 logits per thread: at most 138 registers on
+# sm_80-90 (bf16, k = 8, GEM), where 16 per thread took up to 151 (fewer programs resident to hide loads).
 _STATS_CONFIGS = ((1, 2048, 8), (1, 1024, 4), (1, 512, 4))
 _GRAD_CONFIGS = ((4, 1024, 8), (1, 1024, 4))
 INTERPRETER_BLOCKS = (16, 32)  # CPU tests (BLOCK_N, BLOCK_V): few programs, several vocabulary blocks
