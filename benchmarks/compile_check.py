@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib
 import json
 import multiprocessing
@@ -118,6 +119,15 @@ def compile_key(lch: launch.Launch) -> tuple:
     )  # fmt: skip
 
 
+def source_key(lch: launch.Launch) -> str:
+    """A configuration's identity across processes: the kernel's source (with what it calls), its argument
+    types, constants, warps, stages and alignment hints, and the Triton version."""
+    import triton
+
+    parts = (lch.kernel.cache_key, *compile_key(lch)[1:], triton.__version__)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
+
+
 _UNIQUE: list[launch.Launch] = []  # the distinct configurations; forked workers read them by index
 
 
@@ -168,11 +178,19 @@ def check(
     keep: str | None = None,
     jobs: int = 2,
     lazy: bool = False,
+    reuse: dict | None = None,
+    sample: int = 4,
+    max_compiles: int | None = None,
 ) -> dict:
     """The compile-check table (see the module docstring) as a JSON-ready dict.
 
     ``lazy``: compile only the configurations that ``choose`` tries (the first few in preference order,
     as a run time does); the others are rows with ``compiled: None``. The verdict is the same.
+    ``reuse``: an earlier table; its results are taken for every (configuration, arch) whose source key is
+    the same (same kernel source, constants, options, Triton), and ``sample`` of them, those that auto
+    launches with the most shared memory for their limit, are compiled again and must agree. The rest are
+    compiled (lazily). The table records how many results were reused and how many compiled.
+    ``max_compiles``: stop (SystemExit) rather than compile more than this many (a stale ``reuse`` table).
     """
     unknown = [a for a in archs if a not in launch.ARCH_LIMITS]
     if unknown:
@@ -197,13 +215,31 @@ def check(
                     rank[key] = min(rank.get(key, pos), pos)
                 plans.append((ename, call, kname, idx))
 
-    if (
-        lazy
-    ):  # rounds of parallel compilations: each (plan, arch) moves on from its candidate while it does not fit
-        compiled: dict[tuple[int, int], dict] = {}
+    keys = [source_key(lch) for lch in _UNIQUE]
+    compiled: dict[tuple[int, int], dict] = {}
+    if reuse:
+        old = {
+            (r["source"], r["arch"]): r
+            for r in reuse["rows"]
+            if r.get("source") and r["compiled"] is not None
+        }
+        fields = ("compiled", "registers", "spills", "shared_bytes", "error")
+        for i, key in enumerate(keys):
+            for arch in archs:
+                if (key, arch) in old:
+                    compiled[(i, arch)] = {f: old[(key, arch)].get(f) for f in fields}
+    reused = set(compiled)
+    if lazy or reuse:
+        # rounds of parallel compilations: each (plan, arch) moves on from its candidate while it does not fit
         pos = {(p, arch): 0 for p in range(len(plans)) for arch in archs}
         while pos:
             need = sorted({(plans[p][3][k], arch) for (p, arch), k in pos.items()} - set(compiled))
+            if max_compiles is not None and len(compiled) - len(reused) + len(need) > max_compiles:
+                raise SystemExit(
+                    f"compile_check: {len(need)} (configuration, arch) results that choose() needs are not in the "
+                    f"reused table (its kernels or configurations changed); regenerate it: python "
+                    f"benchmarks/compile_check.py --reuse {RESULTS.relative_to(RESULTS.parents[2])} --json <same path>"
+                )
             compiled |= _compile_all(need, keep, jobs)
             for (p, arch), k in list(pos.items()):
                 r = compiled[(plans[p][3][k], arch)]
@@ -239,6 +275,9 @@ def check(
                 continue
             auto.add((ename, kname, index_of[compile_key(chosen)], arch))
 
+    sampled = _recheck(compiled, auto, reused, n=sample if reuse else 0, keep=keep, jobs=jobs)
+    failures += [f"a reused result differs from a new compilation: {d}" for d in sampled]
+
     rows = []
     for ename, kname, i in rank:
         for arch in archs:
@@ -256,6 +295,7 @@ def check(
                 "auto_launches": (ename, kname, i, arch) in auto,
                 "preference": rank[(ename, kname, i)],
                 "error": r["error"],
+                "source": keys[i],
             }
             rows.append(row)
             if row["auto_launches"] and (row["shared_bytes"] > limit or row["spills"]):
@@ -269,13 +309,33 @@ def check(
         "engines": sorted(engine_map),
         "calls": len(all_calls),
         "configurations": len(_UNIQUE),
-        "compiles": len(compiled),
-        "lazy": lazy,
+        "compiles": len(compiled) - len(reused) + min(len(reused), sample if reuse else 0),
+        "reused": len(reused),
+        "lazy": lazy or bool(reuse),
         "failures": failures,
         "triton": _triton_version(),
         "commit": _git_commit(),
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _recheck(compiled, auto, reused, *, n: int, keep, jobs) -> list[str]:
+    """Compile again the ``n`` reused results that auto launches closest to their shared-memory limit."""
+
+    def tightness(k):
+        return (
+            -compiled[k]["shared_bytes"] / launch.ARCH_LIMITS[k[1]].shared_bytes,
+            -compiled[k]["registers"],
+        )
+
+    picked = sorted({(i, arch) for _, _, i, arch in auto} & reused, key=tightness)[:n]
+    fields = ("compiled", "registers", "spills", "shared_bytes")
+    out = []
+    for (i, arch), new in _compile_all(picked, keep, jobs).items():
+        old = [compiled[(i, arch)][f] for f in fields]
+        if old != [new.get(f) for f in fields]:
+            out.append(f"sm_{arch} {_UNIQUE[i].config}: table {old}, now {[new.get(f) for f in fields]}")
+    return out
 
 
 def summary(table: dict) -> str:
@@ -284,6 +344,7 @@ def summary(table: dict) -> str:
         f"{table['configurations']} distinct configurations of {len({r['kernel'] for r in table['rows']})} "
         f"kernels ({', '.join(table['engines'])}; {table['calls']} call classes, (d, V) = "
         f"({table['shape']['d']}, {table['shape']['vocab']})), {table['compiles']} compilations"
+        f"{' and ' + str(table['reused']) + ' results reused' if table.get('reused') else ''}"
         f"{' (lazy: only what choose tries)' if table.get('lazy') else ''}, Triton {table['triton']}, "
         f"commit {table['commit']}.",
         "",
@@ -363,6 +424,11 @@ def main(argv=None) -> int:
         "--lazy", action="store_true", help="compile only what choose tries (same verdict, fewer)"
     )
     ap.add_argument(
+        "--reuse", metavar="JSON", help="reuse this earlier table's results where nothing changed"
+    )
+    ap.add_argument("--sample", type=int, default=4, help="with --reuse: reused results compiled again")
+    ap.add_argument("--max-compiles", type=int, help="fail rather than compile more (a stale --reuse table)")
+    ap.add_argument(
         "--summary", metavar="JSON", help="print the summary of a table already written, and exit"
     )
     args = ap.parse_args(argv)
@@ -377,7 +443,16 @@ def main(argv=None) -> int:
             f"--arch takes integers like 80,86,89,90 and --shape D,V; got {args.arch!r}, {args.shape!r}"
         ) from None
     table = check(
-        engines(args.engine), archs, d=d, vocab=vocab, keep=args.keep, jobs=max(1, args.jobs), lazy=args.lazy
+        engines(args.engine),
+        archs,
+        d=d,
+        vocab=vocab,
+        keep=args.keep,
+        jobs=max(1, args.jobs),
+        lazy=args.lazy,
+        reuse=json.loads(Path(args.reuse).read_text()) if args.reuse else None,
+        sample=args.sample,
+        max_compiles=args.max_compiles,
     )
     _write_json(Path(args.json), table)
     print(summary(table))
