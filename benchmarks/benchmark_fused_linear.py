@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import csv
 import datetime as dt
+import inspect
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -61,7 +63,7 @@ METHODS = [
     "liger_flce",  # Liger-Kernel's LigerFusedLinearCrossEntropyLoss, defaults (weight grad summed in bf16)
     "liger_flce_fp32",  # the same with accum_dtype=float32 (like sedsft's fp32 weight-gradient sum)
     "cce",  # cut-cross-entropy's linear_cross_entropy, defaults (gradient filtering, bf16 sums)
-    "cce_exact",  # the same without filtering, fp32 sums of both gradients
+    "cce_exact",  # the same without filtering (and fp32 sums of both gradients where the version has them)
     *SEDSFT,  # fused_<objective>[_stats][_<gpu impl>]: the torch engine, or a GPU engine; _stats logs statistics
 ]
 GPU_ONLY = {"liger_flce", "liger_flce_fp32", "cce", "cce_exact"} | {
@@ -130,7 +132,10 @@ def _method(method: str, hidden, weight, labels, flat_h, flat_y, tau: float):
             from cut_cross_entropy import linear_cross_entropy
         except ImportError:
             return "skipped: cut-cross-entropy not installed (pip install cut-cross-entropy)"
-        exact = dict(filter_eps=None, accum_e_fp32=True, accum_c_fp32=True) if method == "cce_exact" else {}
+        exact = {}
+        if method == "cce_exact":  # no filtering; fp32 sums where the version has them (not PyPI's 25.1.1)
+            params = inspect.signature(linear_cross_entropy).parameters
+            exact = {"filter_eps": None} | {k: True for k in ("accum_e_fp32", "accum_c_fp32") if k in params}
         return lambda: linear_cross_entropy(flat_h, weight, flat_y, **exact)
     name, impl = method.removeprefix("fused_"), "torch"
     for gpu_impl in GPU_IMPLS:
@@ -269,6 +274,11 @@ def measure(method: str, x: Inputs, device: str, reps: int, kernels: bool = Fals
             out["kernels"] = profile_kernels(step, device)
     except torch.cuda.OutOfMemoryError:
         return {"status": "skipped: out of memory"}
+    except (
+        Exception
+    ) as e:  # in one process (the GPU check), one method's failure is its row, not the run's end
+        traceback.print_exc()
+        return {"status": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
     finally:
         for t in (x.hidden, x.weight, x.flat_h):
             t.grad = None
@@ -422,6 +432,7 @@ def main(argv=None) -> int:
     meta["process"] = "one for all" if args.in_process else "one per method"
     results: dict[tuple, list[dict]] = {}
     kernels: dict[str, dict[str, list[dict]]] = {}
+    failed = 0
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open_results(Path(args.output), FIELDS) as (f, writer):
         for shape in shapes:
@@ -457,6 +468,7 @@ def main(argv=None) -> int:
                     }
                     writer.writerow(row)
                     f.flush()
+                    failed += res["status"].startswith("failed")
                     if res["status"] != "ok":
                         print(f"{shape} round {r} {m:24s} {res['status']}")
                         continue
@@ -467,7 +479,7 @@ def main(argv=None) -> int:
             if args.kernels:
                 Path(args.kernels).write_text(json.dumps(kernels, indent=1) + "\n")
     print(summarize(results))
-    return 0
+    return 1 if failed else 0
 
 
 def read_results(path: str, *, since: str = "") -> dict[tuple, list[dict]]:
