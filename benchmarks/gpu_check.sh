@@ -5,6 +5,8 @@
 # --wheels DIR: the other packages (trl, datasets, liger-kernel, cut-cross-entropy, ...) as wheels made beforehand
 # with `pip download` (docs/performance.md gives the command); installed --no-deps into a temporary folder.
 # Steps, in priority order, each time-boxed so that one failure costs only its share; each writes into OUTDIR:
+#   (0) the compile check for this GPU's architecture, on all cores: Triton's cache is warm for the steps after
+#                                                                                   compile_check_gpu.json
 #   (a) parity of every objective and engine in bf16 / fp32 / TF32 against the logits path   parity.json
 #   (b) the fused LM head at (16384, 3584, 152064) bf16 against cuBLAS, naive CE, TRL, Liger, CCE, in one process,
 #       with per-kernel times                                                     fused_linear.csv, fused_kernels.json
@@ -56,11 +58,13 @@ if [ "$REHEARSE" = 1 ]; then  # CPU, tiny shapes, the kernels in Triton's interp
   export TRITON_INTERPRET=1
   DEV=cpu TINY=--tiny FUSED_SHAPE=16,16,70 REPS=1 SFT=(--preset micro --batch 1 --seq 12 --steps 1 --warmup 1)
   SHARD=(--seq_len 16 --hidden 256 --layers 1 --vocab 128) SHARD_IMPLS=(fused)
-  LIMIT_A=120 LIMIT_B=120 LIMIT_C=120 LIMIT_D=120
+  LIMIT_0=120 LIMIT_A=120 LIMIT_B=120 LIMIT_C=120 LIMIT_D=120 LIMIT_E=120
+  COMPILE=(--reuse benchmarks/results/compile_check.json --sample 0 --max-compiles 0)  # no compilation on CPU
 else
   DEV=cuda TINY="" FUSED_SHAPE=16384,3584,152064 REPS=3 SFT=(--steps 3 --warmup 2)
   SHARD=(--seq_len 8192) SHARD_IMPLS=(fused logits)
-  LIMIT_A=60 LIMIT_B=210 LIMIT_C=75 LIMIT_D=65
+  LIMIT_0=45 LIMIT_A=80 LIMIT_B=185 LIMIT_C=70 LIMIT_D=55 LIMIT_E=35
+  COMPILE=(--lazy --jobs "$(nproc)")
 fi
 
 "$PY" - "$OUT/env.json" <<'EOF' || exit 2
@@ -71,6 +75,8 @@ json.dump({"device": dev, "torch": torch.__version__, "triton": triton.__version
 print(dev, torch.__version__, triton.__version__)
 EOF
 
+ARCH=$("$PY" -c "import torch; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0); print(c[0] * 10 + c[1])")
+step compile "$LIMIT_0" "$PY" benchmarks/compile_check.py --arch "$ARCH" "${COMPILE[@]}" --json "$OUT/compile_check_gpu.json"
 step parity "$LIMIT_A" "$PY" benchmarks/gpu_check/parity.py --device "$DEV" $TINY --out "$OUT/parity.json"
 step fused "$LIMIT_B" "$PY" benchmarks/benchmark_fused_linear.py --device "$DEV" --shapes "$FUSED_SHAPE" \
   --in-process --rounds 1 --reps "$REPS" --output "$OUT/fused_linear.csv" --kernels "$OUT/fused_kernels.json" \
@@ -83,7 +89,8 @@ for impl in "${SHARD_IMPLS[@]}"; do
   if [ "$REHEARSE" = 1 ]; then  # accelerate starts FSDP on GPUs only: the same script in one plain process
     step "fsdp2_$impl" "$LIMIT_D" "$PY" "${args[@]}"
   else
-    step "fsdp2_$impl" "$LIMIT_D" "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml \
+    limit=$LIMIT_D; [ "$impl" = fused ] || limit=$LIMIT_E
+    step "fsdp2_$impl" "$limit" "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml \
       --num_processes 1 "${args[@]}"
   fi
 done

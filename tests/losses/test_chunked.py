@@ -189,3 +189,22 @@ def test_impl_names():
     assert losses.fused.resolve_impl("triton", cpu, torch.float32, n_rows=40, vocab=97) == "chunked"
     with pytest.raises(ValueError, match="fp32, bf16 or fp16"):
         losses.fused.resolve_impl("chunked", cpu, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_launch_options_follow_the_contract(dtype):
+    """Every call class lists both kernels, each configuration typed in the kernel's argument order."""
+    for name in losses.OBJECTIVES:
+        for k in (None, 1, 8):
+            options = chunked_engine.launch_options(
+                dtype=dtype, objective=name, top_k=k, frozen_head=False, d=64, vocab=160
+            )
+            assert set(options) == {"row_stats", "row_grad"} and all(options.values())
+            for lch in [lch for opts in options.values() for lch in opts]:
+                assert list(lch.signature) == list(lch.kernel.arg_names)
+                assert {a for a, t in lch.signature.items() if t == "constexpr"} == set(lch.constexprs)
+                assert set(lch.multiple_of_16) == {"V", "s_zn"}  # 160 = 10 * 16
+            stats = options["row_stats"][0].constexprs
+            assert stats["TOP_K"] == (k or 0) and stats["ENTROPY"] == (k is not None)
+            assert stats["KEYS16"] == (dtype == torch.bfloat16)
+            assert stats["GEM"] == losses.get_objective(name).uses_gem_weights
