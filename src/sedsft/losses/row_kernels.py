@@ -47,7 +47,7 @@ def _unkey16(key, BLOCK_V: tl.constexpr):
     return bits.to(tl.float32, bitcast=True), BLOCK_V - 1 - (key - hi)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # N: any row count, as compiled offline
 def row_stats_kernel(
     Z, Y, OUT_MAX, OUT_LSE, OUT_GOLD, OUT_ENT, OUT_TOPV, OUT_TOPI, OUT_WZ, OUT_WS, OUT_LSEB,
     N, V, s_zn, inv_beta, gem_logsig,
@@ -145,7 +145,7 @@ def row_stats_kernel(
         tl.store(OUT_TOPI + at, run_i, mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def row_grad_kernel(
     Z, Y, LSE, C_LSE, C_GOLD, LSEB, C_W, GOLD, N, V, s_zn, inv_beta, gem_logsig,
     GEM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
