@@ -4,12 +4,13 @@ The chunk's logits ``z = h W^T + b`` are already in global memory (cuBLAS wrote 
 into a reused ``[n, V]`` buffer); these kernels only read and rewrite that buffer, so nothing here is a
 matrix product.
 
-- ``row_stats_kernel``: one program per row walks the row in blocks of ``BLOCK_V`` and reads it once for
-  every statistic: the online log-sum-exp (max m, s = sum e^{z - m}), the entropy sum sum e^{z - m}(z - m),
+- ``row_stats_kernel``: one program per ``BLOCK_N`` rows (1 on a GPU; 16 in the interpreter, where a
+  program costs Python time) walks them in blocks of ``BLOCK_V`` columns and reads them once for every
+  statistic: the online log-sum-exp (max m, s = sum e^{z - m}), the entropy sum sum e^{z - m}(z - m),
   the gold logit (one load at y), a running top-k with its ids, and GEM's tempered sums
   (sum e^{(z - m)/beta} w, the same weighted by z - m, and sum e^{(z - m)/beta}), w = 1 or the logsigmoid
   weights sigmoid(0.01 (z - z_y)).
-- ``row_grad_kernel``: one program per (row, block) writes G = c_lse softmax(z) + c_w c + c_gold onehot(y)
+- ``row_grad_kernel``: one program per ``[BLOCK_N, BLOCK_V]`` tile writes G = c_lse softmax(z) + c_w c + c_gold onehot(y)
   over the logits, in the buffer's dtype (c = GEM's tempered target).
 
 Top-k with 32-bit keys only. Per step the best of (block, running list) is taken and knocked out of where
@@ -19,7 +20,7 @@ step finds the value (decoded exactly from the key) and the position to knock ou
 fit beside a position, so there a step is a max-reduction for the exact value and a min-reduction for the
 first position holding it. Either way the selected values are the exact k largest (ties: the lower id
 first), so P_topk is exact. A block whose maximum does not beat the current k-th value skips the top-k
-steps (after the first few blocks, almost all of them).
+steps (after the first few blocks, almost all of them; with BLOCK_N > 1, when no row's does).
 """
 
 from __future__ import annotations
