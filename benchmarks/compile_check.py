@@ -189,7 +189,7 @@ def check(
     ``reuse``: an earlier table; its results are taken for every (configuration, arch) whose source key is
     the same (same kernel source, constants, options, Triton), and ``sample`` of them, those that auto
     launches with the most shared memory for their limit, are compiled again and must agree. The rest are
-    compiled (lazily). The table records how many results were reused and how many compiled.
+    compiled. The table records how many results were reused and how many compiled.
     ``max_compiles``: stop (SystemExit) rather than compile more than this many (a stale ``reuse`` table).
     """
     unknown = [a for a in archs if a not in launch.ARCH_LIMITS]
@@ -229,18 +229,22 @@ def check(
                 if (key, arch) in old:
                     compiled[(i, arch)] = {f: old[(key, arch)].get(f) for f in fields}
     reused = set(compiled)
-    if lazy or reuse:
-        # rounds of parallel compilations: each (plan, arch) moves on from its candidate while it does not fit
+
+    def compile_missing(need: list[tuple[int, int]]) -> None:
+        if max_compiles is not None and len(compiled) - len(reused) + len(need) > max_compiles:
+            raise SystemExit(
+                f"compile_check: {len(need)} (configuration, arch) results are not in the reused table (its "
+                f"kernels or configurations changed); regenerate it: python benchmarks/compile_check.py "
+                f"--reuse benchmarks/results/compile_check.json --json benchmarks/results/compile_check.json"
+            )
+        compiled.update(_compile_all(need, keep, jobs))
+
+    if (
+        lazy
+    ):  # rounds of parallel compilations: each (plan, arch) moves on from its candidate while it does not fit
         pos = {(p, arch): 0 for p in range(len(plans)) for arch in archs}
         while pos:
-            need = sorted({(plans[p][3][k], arch) for (p, arch), k in pos.items()} - set(compiled))
-            if max_compiles is not None and len(compiled) - len(reused) + len(need) > max_compiles:
-                raise SystemExit(
-                    f"compile_check: {len(need)} (configuration, arch) results that choose() needs are not in the "
-                    f"reused table (its kernels or configurations changed); regenerate it: python "
-                    f"benchmarks/compile_check.py --reuse {RESULTS.relative_to(RESULTS.parents[2])} --json <same path>"
-                )
-            compiled |= _compile_all(need, keep, jobs)
+            compile_missing(sorted({(plans[p][3][k], arch) for (p, arch), k in pos.items()} - set(compiled)))
             for (p, arch), k in list(pos.items()):
                 r = compiled[(plans[p][3][k], arch)]
                 if not r["compiled"] or _fits(r, launch.ARCH_LIMITS[arch]) or k + 1 == len(plans[p][3]):
@@ -248,7 +252,9 @@ def check(
                 else:
                     pos[(p, arch)] = k + 1
     else:
-        compiled = _compile_all([(i, arch) for i in range(len(_UNIQUE)) for arch in archs], keep, jobs)
+        compile_missing(
+            [(i, arch) for i in range(len(_UNIQUE)) for arch in archs if (i, arch) not in compiled]
+        )
 
     auto: set[tuple[str, str, int, int]] = set()  # (engine, kernel, config index, arch)
     failures: list[str] = []
@@ -311,7 +317,7 @@ def check(
         "configurations": len(_UNIQUE),
         "compiles": len(compiled) - len(reused) + min(len(reused), sample if reuse else 0),
         "reused": len(reused),
-        "lazy": lazy or bool(reuse),
+        "lazy": lazy,
         "failures": failures,
         "triton": _triton_version(),
         "commit": _git_commit(),

@@ -59,7 +59,7 @@ if [ "$REHEARSE" = 1 ]; then  # CPU, tiny shapes, the kernels in Triton's interp
   DEV=cpu TINY=--tiny FUSED_SHAPE=16,16,70 REPS=1 SFT=(--preset micro --batch 1 --seq 12 --steps 1 --warmup 1)
   SHARD=(--seq_len 16 --hidden 256 --layers 1 --vocab 128) SHARD_IMPLS=(fused)
   LIMIT_0=120 LIMIT_A=120 LIMIT_B=120 LIMIT_C=120 LIMIT_D=120 LIMIT_E=120
-  COMPILE=(--reuse benchmarks/results/compile_check.json --sample 0 --max-compiles 0)  # no compilation on CPU
+  COMPILE=(--lazy --reuse benchmarks/results/compile_check.json --sample 0 --max-compiles 0)  # no compilation on CPU
 else
   DEV=cuda TINY="" FUSED_SHAPE=16384,3584,152064 REPS=3 SFT=(--steps 3 --warmup 2)
   SHARD=(--seq_len 8192) SHARD_IMPLS=(fused logits)

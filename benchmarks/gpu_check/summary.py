@@ -1,6 +1,6 @@
 """The last step of the GPU check: OUTDIR/summary.md from what the steps wrote, met or missed per target.
 
-Reads OUTDIR/steps.tsv (each step's exit status and seconds), parity.json, fused_linear.csv (+
+Reads OUTDIR/steps.tsv (each step's exit status and seconds), compile_check_gpu.json, parity.json, fused_linear.csv (+
 fused_kernels.json), sft_step.csv and sharded_head.csv; a step that failed or did not run leaves its
 targets "not measured", with the reason. The ratios come from the benchmark scripts' own rules
 (``benchmark_fused_linear.evaluate_targets``), not from a second copy here.
@@ -119,7 +119,17 @@ def kernel_lines(out: Path) -> list[str]:
 
 
 def other_lines(out: Path, steps: dict) -> list[str]:
-    lines = ["## Parity (step a), SFT steps (step c), FSDP2 (step d)", ""]
+    lines = ["## Compile check (step 0), parity (step a), SFT steps (step c), FSDP2 (step d)", ""]
+    compile_table = out / "compile_check_gpu.json"
+    if compile_table.exists():
+        t = json.loads(compile_table.read_text())
+        lines.append(
+            f"- Compile check for sm_{', sm_'.join(map(str, t['archs']))}: {t['compiles']} compilations, "
+            f"{t['reused']} results reused, {len(t['failures'])} failures"
+            + "".join(f"\n  - {f}" for f in t["failures"][:10])
+        )
+    else:
+        lines.append("- Compile check: no result (see compile.log).")
     parity = out / "parity.json"
     if parity.exists():
         p = json.loads(parity.read_text())
