@@ -355,7 +355,7 @@ def summary(table: dict) -> str:
         f"commit {table['commit']}.",
         "",
         "| kernel | arch | configurations: compiled / fit / all | auto launches (by preference: 1st, 2nd, ...) "
-        "| registers | spills | shared KiB / limit |",
+        "| registers (max) | spills | shared KiB (max) / limit |",
         "|---|---|---|---|---:|---:|---:|",
     ]
     for kernel in dict.fromkeys(r["kernel"] for r in table["rows"]):

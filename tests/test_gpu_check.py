@@ -20,6 +20,7 @@ import triton.language as tl
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILE_CHECK = ROOT / "benchmarks" / "compile_check.py"
+RESULTS = ROOT / "benchmarks" / "results" / "compile_check.json"
 KIB = 1024
 
 
@@ -162,3 +163,82 @@ def test_compile_check_fails_where_a_kernel_cannot_launch(tmp_path):
         "choose raises" in f and "sm_86 broken.dot" in f for f in table["failures"]
     )
     assert "Failures:" in proc.stdout
+
+
+def test_compile_check_of_sedsft_engines(tmp_path):
+    """The check on GPU_ENGINES for sm_80/86/89/90. Compiling every configuration takes tens of minutes on two
+    cores, so the results of the committed table (benchmarks/results/compile_check.json) are reused where the
+    kernel source and the configuration are unchanged, and the 4 that auto launches closest to their
+    shared-memory limit are compiled again and must agree; a stale table fails with the command that
+    regenerates it."""
+    from sedsft.losses import fused
+
+    proc, table = _compile_check(
+        tmp_path,
+        "--arch",
+        "80,86,89,90",
+        "--lazy",
+        "--reuse",
+        str(RESULTS),
+        "--sample",
+        "4",
+        "--max-compiles",
+        "8",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = table["rows"]
+    assert not table["failures"] and table["reused"] > 0
+    assert set(table["engines"]) == set(fused.GPU_ENGINES)
+    kernels = {r["kernel"] for r in rows}
+    assert {k.split(".")[0] for k in kernels} == set(fused.GPU_ENGINES)
+    for kernel in kernels:
+        for arch in (80, 86, 89, 90):
+            mine = [r for r in rows if r["kernel"] == kernel and r["arch"] == arch]
+            assert mine, (kernel, arch)
+            assert any(r["auto_launches"] for r in mine), f"{kernel}: nothing auto launches on sm_{arch}"
+    for r in rows:
+        if r["auto_launches"]:
+            assert _fits(r), r
+    committed = json.loads(RESULTS.read_text())
+    assert not committed["lazy"] and committed["archs"] == [80, 86, 89, 90]  # the full table is committed
+    assert all(r["compiled"] is not None for r in committed["rows"])
+
+
+# ---- the rehearsal of the GPU check -------------------------------------------------------------------
+
+
+def test_gpu_check_rehearsal(tmp_path):
+    """``gpu_check.sh --rehearse``: every step runs on CPU at tiny shapes (kernels in the interpreter), the
+    summary names every target; peers that need CUDA are skipped, not failed."""
+    out = tmp_path / "out"
+    env = {**_env(), "PYTHON": sys.executable, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--rehearse", str(out)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    logs = {p.name: p.read_text()[-1500:] for p in out.glob("*.log")}
+    assert proc.returncode == 0, proc.stdout + proc.stderr + json.dumps(logs, indent=1)
+    steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()]
+    assert [s[0] for s in steps] == ["compile", "parity", "fused", "sft", "fsdp2_fused"]
+    assert all(s[1] == "0" for s in steps)
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["failed"] == 0 and {r["impl"] for r in parity["results"]} == {
+        "torch",
+        "chunked",
+        "recompute",
+    }
+    assert all(r["status"] == "ok" for r in parity["results"])
+    fused = (out / "fused_linear.csv").read_text()
+    assert (
+        "fused_sed_chunked" in fused
+        and "skipped: Liger's and CCE's kernels run on CUDA tensors only" in fused
+    )
+    kernels = json.loads((out / "fused_kernels.json").read_text())
+    assert {"bare_matmuls", "fused_sed_chunked", "fused_sed_recompute"} <= set(next(iter(kernels.values())))
+    summary = (out / "summary.md").read_text()
+    for target in ("fused_sed_chunked <= 1.15x bare_matmuls", "fused_sed_chunked <= 0.7x liger_flce",
+                   "fused_sed_chunked <= 1.05x fused_ce_chunked", "fused_sed_recompute <= 1.1x cce_exact",
+                   "fused_sed_recompute <= 1.5x bare_matmuls", "SED / CE >= 0.97"):  # fmt: skip
+        assert target in summary
+    assert "| time fused_sed_chunked <= 0.7x liger_flce | not measured (liger_flce: skipped" in summary
+    assert "FSDP2 trainer step (fsdp2, fused, world 1" in summary
