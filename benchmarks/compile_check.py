@@ -18,8 +18,14 @@ A configuration that does not compile is a row with ``compiled: false`` and the 
 
     python benchmarks/compile_check.py --arch 80,86,89,90 --json benchmarks/results/compile_check.json
     python benchmarks/compile_check.py --summary benchmarks/results/compile_check.json   # the tables only
+    # after a kernel change: recompile only what changed (the results of unchanged configurations reused)
+    python benchmarks/compile_check.py --reuse benchmarks/results/compile_check.json --json benchmarks/results/compile_check.json
 
-Compilations run in ``--jobs`` worker processes (forked: the configurations are built once, here).
+Compilations run in ``--jobs`` worker processes (forked: the configurations are built once, here). A full
+run compiles every configuration; ``--lazy`` only those ``choose`` tries (same verdict); ``--reuse TABLE``
+takes an earlier table's results where the kernel source and configuration are unchanged and compiles a
+``--sample`` of them again, which must agree (the test in ``make test`` does this, with ``--max-compiles``
+so that a stale table fails at once instead of compiling for tens of minutes).
 """
 
 from __future__ import annotations
