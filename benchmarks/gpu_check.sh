@@ -28,6 +28,7 @@ done
 [ -n "$OUT" ] || usage
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+if [ -n "$WHEELS" ]; then WHEELS="$(cd "$WHEELS" && pwd)" || exit 2; fi  # the steps run from the repository root
 : > "$OUT/steps.tsv"
 PY="${PYTHON:-python3}"
 WORK="$(mktemp -d)"
