@@ -63,6 +63,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=151936)
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "sedsft_sharded_head"))
+    p.add_argument("--output", default=str(RESULTS), help="the CSV the row is appended to")
     args = p.parse_args()
 
     state = PartialState()
@@ -100,9 +101,10 @@ def main() -> None:
             "seq_len": args.seq_len, "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
             "peak_gib_max_rank": round(peak, 3), "losses": json.dumps(losses),
         }  # fmt: skip
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        new = not RESULTS.exists()
-        with open(RESULTS, "a", newline="") as f:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        new = not out.exists()
+        with open(out, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
             if new:
                 w.writeheader()

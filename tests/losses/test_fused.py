@@ -221,3 +221,18 @@ def test_frozen_inputs_allocate_no_gradient(case):
     assert frozen_w.largest < v_d  # ... and nothing of its size otherwise
     assert frozen_w.total <= both.total - v_d
     assert frozen_h.total <= both.total - n_d
+
+
+def test_scored_rows_by_index():
+    """The index form of the shift-and-keep rule: position t of row b is scored when labels[b, t + 1] is kept."""
+    from sedsft.losses.logits import scored_rows
+
+    labels = torch.tensor([[5, -100, 2, 7], [-100, 1, -100, -100], [3, 3, 0, -100]])
+    idx, y = scored_rows(labels, vocab_size=8, ignore_index=-100)
+    # kept (b, t): (0, 1) -> 2, (0, 2) -> 7, (1, 0) -> 1, (2, 0) -> 3, (2, 1) -> 0; flat index b * 4 + t
+    assert idx.tolist() == [1, 2, 4, 8, 9] and y.tolist() == [2, 7, 1, 3, 0]
+    labels[2, 2] = 8
+    with pytest.raises(ValueError, match=r"label 8 is outside the vocabulary \[0, 8\)"):
+        losses.fused_linear(torch.zeros(3, 4, 2), torch.zeros(8, 2), labels, objective="ce")
+    idx, y = scored_rows(torch.full((2, 3), -100), vocab_size=8, ignore_index=-100)
+    assert idx.numel() == 0 and y.numel() == 0

@@ -85,3 +85,20 @@ def test_blocked_entropy_equals_the_full_softmax(rows, block):
     torch.testing.assert_close(soft.entropy, want_h)
     torch.testing.assert_close(soft.lse, z.logsumexp(-1))
     assert entropy_scratch(torch.empty(rows, 37)).shape == (min(rows, max(64, -(-rows // 8))), 37)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "recompute", "triton"])
+def test_every_engine_gives_the_same_statistics(impl, monkeypatch):
+    """The GPU engines (in Triton's interpreter) against the torch path; targets given or not."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    hidden, weight, b, labels = make_inputs(1, 21, 12, 70, dtype=torch.float32, seed=6)
+    rows, y = hidden[0], labels[0].clamp(min=0)
+    for targets in (y, None):
+        ref = losses.token_stats(rows, weight, targets, bias=b, top_k=3, impl="torch")
+        got = losses.token_stats(rows, weight, targets, bias=b, top_k=3, impl=impl)
+        assert torch.equal(got.top_ids, ref.top_ids) and (got.logp is None) == (targets is None)
+        for f in ("top_logp", "entropy") + (("logp",) if targets is not None else ()):
+            torch.testing.assert_close(getattr(got, f), getattr(ref, f), atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs the head weight"):
+        losses.token_stats(rows @ weight.T, None, impl=impl)

@@ -23,6 +23,30 @@ def shift_and_keep(labels: Tensor, *, ignore_index: int) -> tuple[Tensor, Tensor
     return kept, nxt[kept]
 
 
+def scored_rows(labels: Tensor, *, vocab_size: int, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Where the scored rows are and their labels, by index: ``idx`` [N] into the flattened ``[B * T]``
+    positions (the position t predicts ``labels[b, t + 1]``) and ``y`` [N]; labels are checked too.
+
+    The one host sync of a fused call: N and the count of labels outside the vocabulary are read together
+    (a boolean-mask gather would sync again for each tensor it selects from).
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be [batch, seq], got shape {tuple(labels.shape)}")
+    nxt = labels[:, 1:]  # [B, T-1]
+    kept = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)  # [B, T]: position t scored
+    kept[:, :-1] = nxt != ignore_index
+    bad = kept[:, :-1] & ((nxt < 0) | (nxt >= vocab_size))
+    n_rows, n_bad = torch.stack([kept.sum(), bad.sum()]).tolist()  # the one host sync
+    if n_bad:
+        check_labels(nxt[bad], vocab_size, ignore_index=ignore_index)  # raises, naming a bad label
+    flat = kept.flatten()  # [B * T]
+    slot = torch.where(flat, flat.cumsum(0) - 1, n_rows)  # each kept position's row; the rest: a dump slot
+    idx = torch.empty(n_rows + 1, dtype=torch.long, device=labels.device)
+    idx.scatter_(0, slot, torch.arange(flat.numel(), device=labels.device))
+    idx = idx[:n_rows]  # [N] in order
+    return idx, labels.flatten()[idx + 1]
+
+
 def check_labels(y: Tensor, vocab_size: int, *, ignore_index: int) -> None:
     bad = (y < 0) | (y >= vocab_size)  # [N]
     if y.numel() and bool(bad.any()):  # the one host sync of the check

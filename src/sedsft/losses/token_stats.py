@@ -2,8 +2,9 @@
 
 Calibration (tau), ``sedsft analyze topk`` / ``heatmap`` and any other measurement of a model read P_topk,
 the gold probability and the entropy from :func:`token_stats`. It runs on the fused engine's forward:
-the torch path's chunk routine (:mod:`.chunk`, reused ``[n, V]`` buffers) or the Triton forward kernel
-(no ``[N, V]`` logits at all), the same code that gives ``fused_linear(..., return_stats=True)`` its numbers.
+the torch path's chunk routine (:mod:`.chunk`, reused ``[n, V]`` buffers), the chunked engine's row
+statistics kernel (on CUDA where its chunk buffer fits), or the recompute engine's forward kernel (no
+``[N, V]`` logits at all): the same code that gives ``fused_linear(..., return_stats=True)`` its numbers.
 
     stats = token_stats(hidden_rows, lm_head.weight, targets, top_k=10)   # rows [N, d], targets [N]
     stats.topk_mass(2)        # [N] P_top2
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import chunked_engine
 from .chunk import entropy_scratch, logits_into, softmax_in_place, top_and_gold
-from .fused import auto_chunk_size, resolve_impl
+from .fused import GPU_ENGINES, select
 from .logits import accumulation_dtype
+from .torch_engine import auto_chunk_size
 
 
 @dataclass
@@ -101,18 +104,42 @@ def token_stats(
     k = min(top_k, vocab)
     if weight is not None and hidden.dtype != weight.dtype:
         hidden = hidden.to(weight.dtype)
-    chosen = resolve_impl(impl, hidden.device, hidden.dtype, top_k=k)
-    if chosen == "triton" and weight is None:
-        if impl == "triton":
-            raise ValueError("impl='triton' needs the head weight; rows that are logits take impl='torch'")
-        chosen = "torch"
-    if chosen == "triton":
-        from .triton_engine import forward_stats
-
-        s = forward_stats(hidden, weight, bias, targets, top_k=k, ids=True, entropy=True)
+    if weight is None:  # logits already: only the torch path reads them
+        if impl not in ("auto", "torch"):
+            select(impl, hidden.device, hidden.dtype)  # an unknown impl is refused as such
+            raise ValueError(f"impl={impl!r} needs the head weight; rows that are logits take impl='torch'")
+        return _torch_token_stats(hidden, weight, targets, bias=bias, k=k, chunk_size=chunk_size)
+    n_rows, d = hidden.shape
+    choice = select(
+        impl, hidden.device, hidden.dtype, objective="ce", top_k=k, frozen_head=True,
+        n_rows=n_rows, d=d, vocab=vocab, chunk_size=chunk_size,
+    )  # fmt: skip
+    if choice.impl == "chunked":
+        return _chunked_token_stats(hidden, weight, targets, bias=bias, k=k, choice=choice)
+    if choice.impl == "recompute":
+        s = GPU_ENGINES["recompute"].forward_stats(
+            hidden, weight, bias, targets, top_k=k, ids=True, entropy=True, picks=choice.launches
+        )
         logp = s.gold - s.lse if targets is not None else None
         return TokenStats(s.top_values - s.lse[:, None], s.top_ids, s.entropy, logp)
     return _torch_token_stats(hidden, weight, targets, bias=bias, k=k, chunk_size=chunk_size)
+
+
+def _chunked_token_stats(hidden, weight, targets, *, bias, k: int, choice) -> TokenStats:
+    """The chunked engine's row statistics: cuBLAS logits per chunk, one read by the row kernel."""
+    n_rows, vocab = hidden.shape[0], weight.shape[0]
+    lch = choice.launches["row_stats"]
+    rows = min(choice.chunk_size, max(n_rows, 1))
+    buf = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)  # [n_c, V] logits
+    out = chunked_engine.RowStats.empty(n_rows, lch, hidden.device)
+    y = targets if targets is not None else torch.zeros(n_rows, dtype=torch.long, device=hidden.device)
+    for start in range(0, n_rows, rows):
+        sl = slice(start, start + rows)
+        z = logits_into(buf[: hidden[sl].shape[0]], hidden[sl], weight, bias)  # [n, V]
+        chunked_engine.row_stats(lch, z, y[sl], out.rows(sl))
+    logp = out.gold - out.lse if targets is not None else None
+    top_logp = out.top_values[:, :k] - out.lse[:, None]  # [N, k]
+    return TokenStats(top_logp, out.top_ids[:, :k].long(), out.entropy, logp)
 
 
 def _torch_token_stats(hidden, weight, targets, *, bias, k: int, chunk_size: int | None) -> TokenStats:

@@ -97,8 +97,9 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
     fused_impl: str = field(
         default="auto",
         metadata={
-            "help": "implementation of the fused engine: auto (Triton kernels on CUDA, torch elsewhere), "
-            "triton or torch",
+            "help": "implementation of the fused engine: auto (on CUDA the chunked engine where its logits "
+            "buffer fits the memory budget, else recompute, else torch; torch elsewhere), chunked, recompute, "
+            "triton (the best of the two Triton engines) or torch",
             "choices": list(IMPLS),
         },
     )
