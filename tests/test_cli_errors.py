@@ -375,7 +375,8 @@ def test_a_damaged_sample_log_is_one_line_and_kept(eval_run, tmp_path, capsys, l
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton kernels run on this machine's GPU")
 @pytest.mark.parametrize("loss_impl", ["fused", "logits"])  # tau's calibration runs on the fused engine too
-def test_triton_where_it_cannot_run_is_refused_at_config(files, capsys, monkeypatch, loss_impl):
+@pytest.mark.parametrize("engine", ["triton", "chunked", "recompute"])
+def test_triton_where_it_cannot_run_is_refused_at_config(files, capsys, monkeypatch, loss_impl, engine):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests' interpreter is not a user's machine
     argv = [
         "sft",
@@ -386,10 +387,10 @@ def test_triton_where_it_cannot_run_is_refused_at_config(files, capsys, monkeypa
         "--output_dir",
         f"{files}/out",
     ]
-    assert main([*argv, "--fused_impl", "triton", "--loss_impl", loss_impl]) == 2
+    assert main([*argv, "--fused_impl", engine, "--loss_impl", loss_impl]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
-        "sedsft sft: error: --fused_impl: impl='triton' cannot run here"
+        f"sedsft sft: error: --fused_impl: impl='{engine}' cannot run here"
     )
     assert not (files / "out").exists()
 

@@ -137,8 +137,8 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
             raise UserError(f"--loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
         if self.fused_impl not in IMPLS:
             raise UserError(f"--fused_impl must be one of {IMPLS}, got {self.fused_impl!r}")
-        if self.fused_impl == "triton":  # the loss and the calibration of tau both run on it
-            self._check_triton_runs()
+        if self.fused_impl not in ("auto", "torch"):  # a GPU engine: the loss and tau's calibration run on it
+            self._check_gpu_engine_runs()
         check_overflow(self.overflow)
         accepted = self._accepted_options()
         for name, option in _OPTION_NAMES.items():
@@ -158,8 +158,8 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
                     raise UserError(f"--{name}: {e}") from None
         self._check_calibration_options()
 
-    def _check_triton_runs(self) -> None:
-        """Refuse ``--fused_impl triton`` now where the engine would refuse it at the first step."""
+    def _check_gpu_engine_runs(self) -> None:
+        """Refuse ``--fused_impl chunked|recompute|triton`` now where the engine would refuse it at the first step."""
         import torch
 
         from sedsft.losses.fused import resolve_impl
@@ -168,7 +168,7 @@ class SEDSFTConfig(CalibrationOptions, ObjectiveFields, SFTConfig):
         device = torch.device("cuda" if gpu else "cpu")
         dtype = torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
         try:
-            resolve_impl("triton", device, dtype, top_k=self.top_k or 1)
+            resolve_impl(self.fused_impl, device, dtype, top_k=self.top_k or 1)
         except ValueError as e:
             raise UserError(f"--fused_impl: {e}") from None
 
