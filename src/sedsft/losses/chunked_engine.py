@@ -28,9 +28,9 @@ from . import launch
 from .chunk import logits_into
 from .logits import summarize
 from .objectives import TokenTerms, get_objective
-from .plan import Plan, token_coefficients
+from .plan import Plan, add_product, token_coefficients
 from .stats import BatchStats
-from .torch_engine import _ADDMM_OUT_DTYPE, TorchFusedLinear, auto_chunk_size
+from .torch_engine import TorchFusedLinear, auto_chunk_size
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # (BLOCK_N rows, BLOCK_V columns, warps) in preference order. Both kernels stream the buffer; one row per
@@ -220,16 +220,6 @@ def _gem_args(gem_opts) -> dict:
     return {"inv_beta": 1.0 / gem_opts.beta, "gem_logsig": float(gem_opts.h == "logsigmoid")}
 
 
-def _add_weight_grad(grad_w: Tensor, g: Tensor, h: Tensor) -> None:
-    """grad_w += G^T h summed in fp32: no chunk's product is rounded to the input dtype first."""
-    if g.dtype == grad_w.dtype:
-        grad_w.addmm_(g.T, h)
-    elif grad_w.is_cuda and _ADDMM_OUT_DTYPE:  # cuBLAS, bf16 tensor cores, fp32 output added in place
-        torch.addmm(grad_w, g.T, h, out_dtype=grad_w.dtype, out=grad_w)
-    else:  # CPU / older torch: fp32 copies of the chunk (the interpreter tests, not the fast path)
-        grad_w.addmm_(g.T.to(grad_w.dtype), h.to(grad_w.dtype))
-
-
 class ChunkedFusedLinear(TorchFusedLinear):
     """loss = sum_t objective_t(h_t W^T + b) / denominator; gradient in forward, scaled in backward."""
 
@@ -278,7 +268,7 @@ class ChunkedFusedLinear(TorchFusedLinear):
             if grad_b is not None:
                 grad_b += g.sum(0, dtype=torch.float32)
             if grad_w is not None:
-                _add_weight_grad(grad_w, g, h_c)
+                add_product(grad_w, g.T, h_c)  # fp32 sum over the chunks
             if grad_h is not None:
                 torch.mm(g, weight, out=grad_h[sl])  # fp32 accumulation; rows complete: one rounding
         if plan.want_stats:

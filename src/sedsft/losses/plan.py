@@ -60,3 +60,17 @@ class Plan:
     def top_k(self) -> int | None:
         """k of the top-k mass when it is needed (SED's mask, or logging), else None."""
         return self.options.top_k if (self.want_stats or self.objective.mask is not None) else None
+
+
+_ADDMM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= "2.8"  # addmm(out_dtype=), CUDA
+
+
+def add_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += a @ b summed in acc's dtype (fp32 for bf16/fp16 inputs): no product is rounded to the input
+    dtype first. Every engine's weight-gradient sum (and the recompute engine's hidden-gradient sum)."""
+    if acc.is_cuda and _ADDMM_OUT_DTYPE and a.dtype == b.dtype != acc.dtype:
+        torch.addmm(
+            acc, a, b, out_dtype=acc.dtype, out=acc
+        )  # cuBLAS: bf16 tensor cores, fp32 output in place
+    else:  # fp32 / fp64 inputs, or fp32 copies (CPU, older torch)
+        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))

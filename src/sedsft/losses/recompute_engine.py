@@ -35,9 +35,8 @@ from torch import Tensor
 from . import launch
 from .logits import summarize
 from .objectives import TokenTerms, get_objective
-from .plan import Coefficients, Plan, token_coefficients
+from .plan import Coefficients, Plan, add_product, token_coefficients
 from .stats import BatchStats
-from .torch_engine import _ADDMM_OUT_DTYPE
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _PROGRAMS_PER_SM = 4  # forward: vocabulary splits so that every SM gets a few programs
@@ -357,16 +356,6 @@ def gold_logits(lch: launch.Launch, h: Tensor, weight: Tensor, bias: Tensor | No
 # ---- backward --------------------------------------------------------------------------------------
 
 
-def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc += a @ b summed in acc's dtype (fp32): no product is rounded to the input dtype first."""
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
-    elif acc.is_cuda and _ADDMM_OUT_DTYPE:  # cuBLAS, bf16 tensor cores, fp32 output added in place
-        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-    else:  # CPU / older torch: fp32 copies (the interpreter tests, not the fast path)
-        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
-
-
 def _product_into(out: Tensor, a: Tensor, b: Tensor) -> None:
     """out = a @ b, one complete product rounded once to out's dtype (fp32 accumulation inside)."""
     if out.is_cuda or a.dtype == torch.float32:
@@ -416,7 +405,7 @@ def gradients(h, weight, bias, y, lse, coef: Coefficients, *, gem, lse_beta, gol
             if grad_w is not None:
                 _product_into(grad_w[v_lo:v_hi], g.T, h)  # [w, d]
             if dh is not None:
-                _accumulate(dh, g, weight[v_lo:v_hi])  # [N, d]
+                add_product(dh, g, weight[v_lo:v_hi])  # [N, d]
             elif need_h:
                 _product_into(grad_h, g, weight)
         if dh is not None and dh is not grad_h:

@@ -17,12 +17,11 @@ from torch import Tensor
 from .chunk import entropy_scratch, logits_into, softmax_in_place, top_and_gold
 from .logits import summarize
 from .objectives import GEM_WEIGHTS, TokenTerms
-from .plan import Plan, token_coefficients
+from .plan import Plan, add_product, token_coefficients
 from .stats import BatchStats
 
 _CPU_BUDGET_MB = 256  # work buffers per call on CPU; SEDSFT_FUSED_BUDGET_MB overrides
 _GPU_BUDGET_MB = 1024  # on CUDA: fixed, so the chunk size does not follow free memory
-_ADDMM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= "2.8"  # addmm(out_dtype=), CUDA
 
 
 def auto_chunk_size(
@@ -71,16 +70,6 @@ def _chunk(h, weight, bias, y, plan: Plan, bufs: dict):
     return per_token.sum(), stats, grad_logits
 
 
-def _add_weight_grad(grad_w: Tensor, g: Tensor, g_low: Tensor, h: Tensor) -> None:
-    """grad_w += G^T h, summed in the accumulator's dtype: no chunk's product is rounded to bf16 first."""
-    if g_low is g:  # fp32 / fp64 inputs
-        grad_w.addmm_(g.T, h)
-    elif grad_w.is_cuda and _ADDMM_OUT_DTYPE:  # bf16 tensor cores, fp32 output
-        torch.addmm(grad_w, g_low.T, h, out_dtype=grad_w.dtype, out=grad_w)
-    else:  # CPU: the fp32 gradient buffer times an fp32 copy of the chunk's rows [n, d]
-        grad_w.addmm_(g.T, h.to(grad_w.dtype))
-
-
 class TorchFusedLinear(torch.autograd.Function):
     """loss = sum_t objective_t(h_t W^T + b) / denominator, with the gradient computed in forward."""
 
@@ -116,7 +105,7 @@ class TorchFusedLinear(torch.autograd.Function):
                 grad_b += g.sum(0)
             g_low = g.to(weight.dtype) if weight.dtype != acc else g  # [n, V] half-size copy for the products
             if grad_w is not None:
-                _add_weight_grad(grad_w, g, g_low, h_c)
+                add_product(grad_w, (g_low if grad_w.is_cuda else g).T, h_c)  # CPU: the fp32 G as it is
             if grad_h is not None:
                 torch.mm(g_low, weight, out=grad_h[sl])  # each row complete: rounded once
         ctx.save_for_backward(grad_h, grad_w, grad_b)
