@@ -155,18 +155,21 @@ def test_all_labels_ignored_and_second_backward_refused():
         torch.autograd.grad(loss, w)
 
 
-def _measured(train_hidden: bool, train_weight: bool):
+def _measured(impl: str, train_hidden: bool, train_weight: bool):
     hidden, weight, b, labels = make_inputs(1, 21, 48, 64, dtype=torch.float32, ignore_frac=0.0)
     hidden.requires_grad_(train_hidden)
     weight.requires_grad_(train_weight)
     with LargestTensor() as mode:
-        loss = losses.fused_linear(hidden, weight, labels, objective="sed", tau=0.5, impl="chunked")
+        loss = losses.fused_linear(hidden, weight, labels, objective="sed", tau=0.5, impl=impl)
         loss.backward()
     return mode
 
 
-def test_frozen_inputs_allocate_no_gradient():
-    both, frozen_w, frozen_h = _measured(True, True), _measured(True, False), _measured(False, True)
+@pytest.mark.parametrize("impl", ["chunked", "recompute"])  # both GPU engines (the torch one: test_fused)
+def test_frozen_inputs_allocate_no_gradient(impl):
+    both, frozen_w, frozen_h = (
+        _measured(impl, *train) for train in ((True, True), (True, False), (False, True))
+    )
     n_d, v_d = 20 * 48, 64 * 48
     assert both.largest >= v_d > frozen_w.largest  # no [V, d] tensor at all for a frozen head
     assert frozen_w.total <= both.total - v_d

@@ -14,7 +14,7 @@ from sedsft import losses
 from sedsft.losses import naive, recompute_engine
 
 from .cases import EXACT_TOLERANCES, OBJECTIVE_CASES, case_id
-from .test_fused import LargestTensor, grads, logits_path, make_inputs
+from .test_fused import grads, logits_path, make_inputs
 
 pytest.importorskip("triton")
 
@@ -197,24 +197,6 @@ def test_top_k_ties_take_the_lower_column():
     exact = (rows @ weight.T).sort(dim=-1, descending=True, stable=True)
     assert torch.equal(fw.top_values, exact.values[:, :8])
     assert torch.equal(fw.top_ids, exact.indices[:, :8])
-
-
-def _measured(train_hidden: bool, train_weight: bool):
-    hidden, weight, b, labels = make_inputs(1, 21, 48, 64, dtype=torch.float32, ignore_frac=0.0)
-    hidden.requires_grad_(train_hidden)
-    weight.requires_grad_(train_weight)
-    with LargestTensor() as mode:
-        loss = losses.fused_linear(hidden, weight, labels, objective="sed", tau=0.5, impl="recompute")
-        loss.backward()
-    return mode
-
-
-def test_frozen_inputs_allocate_no_gradient():
-    both, frozen_w, frozen_h = _measured(True, True), _measured(True, False), _measured(False, True)
-    n_d, v_d = 20 * 48, 64 * 48
-    assert both.largest >= v_d > frozen_w.largest  # no [V, d] tensor at all for a frozen head
-    assert frozen_w.total <= both.total - v_d
-    assert frozen_h.total <= both.total - n_d
 
 
 def test_all_labels_ignored_and_second_backward(monkeypatch):
